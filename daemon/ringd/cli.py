@@ -1,0 +1,206 @@
+"""`ringd`: the command line. Each subcommand is a thin shell over the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from ringd import __version__
+from ringd.ledger import Ledger, LedgerError
+from ringd.settings import ConfigError, Settings, load_settings
+from ringd.status import build_status, render
+from ringd.watch import Plan, scan
+
+DEFAULT_CONFIG = "/etc/ringd/ringd.yaml"
+# A first scan smaller than this finishes before a bar would be worth drawing.
+PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+
+EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ringd` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_ERROR
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringd",
+        description=(
+            "ringd watches selfplay output (*.jsonl, one game per line), counts every game "
+            "exactly once per configuration (board + players) and trains when a "
+            "configuration has gathered enough new games."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"ringd {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    config_help = f"the YAML configuration (default: $RINGD_CONFIG or {DEFAULT_CONFIG})"
+
+    p = sub.add_parser(
+        "scan",
+        help="index every new game now, without a daemon, and print the status",
+        description=(
+            "Walk every watched root, index every *.jsonl line not yet in the ledger "
+            "(state_dir/ledger.sqlite) and print one row per configuration with its "
+            "+N/threshold. Safe to interrupt at any moment: what was committed stays."
+        ),
+    )
+    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--json", action="store_true", help="print the status JSON instead")
+    p.set_defaults(handler=_cmd_scan)
+
+    p = sub.add_parser(
+        "check-config",
+        help="validate a configuration file without running anything",
+        description="Print OK, or every error as FILE:LINE: key.path: message. Exit 0 or 1.",
+    )
+    p.add_argument("file", type=Path)
+    p.set_defaults(handler=_cmd_check_config)
+
+    p = sub.add_parser(
+        "sim",
+        help="selfplay simulator: write RingRift-shaped games (tests, demo, benchmarks)",
+        add_help=False,
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=_cmd_sim)
+
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON schema of the configuration file",
+    )
+    p.set_defaults(handler=_cmd_schema)
+    return parser
+
+
+def _config_path(arg: Path | None) -> Path:
+    return arg or Path(os.environ.get("RINGD_CONFIG", DEFAULT_CONFIG))
+
+
+def _err(message: str) -> None:
+    Console(stderr=True, highlight=False).print(f"[bold red]ringd:[/] {message}")
+
+
+def _load(arg: Path | None) -> Settings | None:
+    try:
+        return load_settings(_config_path(arg))
+    except ConfigError as e:
+        _err("invalid configuration:\n" + str(e))
+        return None
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.file)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_ERROR
+    print(
+        f"OK: {args.file}: {len(settings.configs)} configurations, "
+        f"{len(settings.watch.roots)} watched roots, state in {settings.state_dir}"
+    )
+    return EXIT_OK
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return EXIT_ERROR
+    try:
+        ledger = Ledger(settings.ledger_path)
+    except LedgerError as e:
+        _err(f"cannot open the ledger: {e}")
+        return EXIT_ERROR
+    stderr = Console(stderr=True)
+    with ledger, _ScanProgress(stderr) as progress:
+        report = scan(
+            ledger, settings.watch.roots, settings.watch.max_line_bytes, on_plan=progress.start
+        )
+        status = build_status(
+            ledger.config_counts(),
+            settings,
+            ledger.reject_counts(),
+            config_file=str(_config_path(args.config)),
+        )
+    for error in report.errors:
+        stderr.print(f"[yellow]warning:[/] {error}", highlight=False)
+    if args.json:
+        print(status.model_dump_json(indent=2))
+    else:
+        render(status, Console(highlight=False))
+        stderr.print(
+            f"[dim]scanned {report.files:,} files in {report.seconds:.2f}s: read "
+            f"{report.bytes_read / 1e6:,.1f} MB from {report.files_read:,}, "
+            f"{report.new_total:,} new games[/]"
+        )
+    return EXIT_OK
+
+
+class _ScanProgress:
+    """A byte-progress bar for long scans, shown only on a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._progress: Progress | None = None
+
+    def start(self, plan: Plan) -> Callable[[int], None] | None:
+        if not self._console.is_terminal or plan.pending_bytes < PROGRESS_MIN_BYTES:
+            return None
+        self._progress = Progress(
+            TextColumn("indexing {task.fields[files]} files"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self._console,
+            transient=True,
+        )
+        task = self._progress.add_task("scan", total=plan.pending_bytes, files=len(plan.paths))
+        self._progress.start()
+        progress = self._progress
+        return lambda n: progress.advance(task, n)
+
+    def __enter__(self) -> _ScanProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from ringd.sim import sim_main
+
+    return sim_main(args.args)
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Settings.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

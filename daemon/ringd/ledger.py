@@ -1,0 +1,365 @@
+"""The SQLite ledger: files and cursors, games, rejects, per-config watermarks.
+
+Every state change is one transaction, so a kill -9 at any instant leaves the
+ledger either before or after a change, never between: a cursor never moves
+without the games it covers, and a game is never counted twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Each entry migrates the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        offset INTEGER NOT NULL DEFAULT 0,
+        fingerprint BLOB NOT NULL DEFAULT x'',
+        size INTEGER NOT NULL DEFAULT 0,
+        mtime_ns INTEGER NOT NULL DEFAULT 0,
+        gone INTEGER NOT NULL DEFAULT 0,
+        first_seen REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE configs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        total INTEGER NOT NULL DEFAULT 0,
+        trained_through INTEGER NOT NULL DEFAULT 0,
+        -- games at or below trained_through; sequence numbers only grow, so
+        -- this never changes until the watermark moves again.
+        trained_count INTEGER NOT NULL DEFAULT 0,
+        last_game_at REAL
+    );
+    CREATE TABLE games (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        key BLOB NOT NULL UNIQUE,
+        config_id INTEGER NOT NULL REFERENCES configs(id),
+        file_id INTEGER NOT NULL REFERENCES files(id),
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        game_id TEXT,
+        added REAL NOT NULL
+    );
+    CREATE INDEX games_by_config ON games(config_id, seq);
+    CREATE TABLE rejects (
+        id INTEGER PRIMARY KEY,
+        file_id INTEGER NOT NULL REFERENCES files(id),
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        added REAL NOT NULL,
+        UNIQUE (file_id, offset, length, reason)
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class LedgerError(Exception):
+    """The ledger cannot be opened or used (newer schema, corrupt file, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where reading of a file stands: its identity, read offset and last seen stat."""
+
+    dev: int
+    ino: int
+    offset: int
+    fingerprint: bytes
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    id: int
+    path: str
+    cursor: Cursor
+    gone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GameRow:
+    config: str
+    key: bytes
+    offset: int
+    length: int
+    game_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectRow:
+    offset: int
+    length: int
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigCount:
+    name: str
+    total: int
+    new: int
+    trained_through: int
+    last_game_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Where a game was read: check its key before trusting the bytes there."""
+
+    seq: int
+    key: bytes
+    path: str
+    offset: int
+    length: int
+
+
+class Ledger:
+    """One connection to the ledger file; use it from one thread at a time."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (kill -9); only a
+            # power cut may drop the last commits, and never half of one.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"{path}: {e}") from e
+        self.path = path
+        self._config_ids: dict[str, int] = dict(
+            self._db.execute("SELECT name, id FROM configs").fetchall()
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"schema version {version} was written by a newer ringd "
+                f"(this one knows up to {SCHEMA_VERSION}); upgrade ringd"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            try:
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE; {MIGRATIONS[target - 1]}; "
+                    f"PRAGMA user_version = {target}; COMMIT;"
+                )
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    # -- files ----------------------------------------------------------------------------
+
+    def files(self) -> dict[str, FileRow]:
+        """Every known file by path (the reconciliation scan compares against this)."""
+        rows = self._db.execute(
+            "SELECT id, path, dev, ino, offset, fingerprint, size, mtime_ns, gone FROM files"
+        ).fetchall()
+        return {
+            r[1]: FileRow(r[0], r[1], Cursor(r[2], r[3], r[4], r[5], r[6], r[7]), bool(r[8]))
+            for r in rows
+        }
+
+    def file(self, path: str) -> FileRow | None:
+        r = self._db.execute(
+            "SELECT id, path, dev, ino, offset, fingerprint, size, mtime_ns, gone "
+            "FROM files WHERE path = ?",
+            (path,),
+        ).fetchone()
+        if r is None:
+            return None
+        return FileRow(r[0], r[1], Cursor(r[2], r[3], r[4], r[5], r[6], r[7]), bool(r[8]))
+
+    def track_file(self, path: str, dev: int, ino: int) -> int:
+        """The id of the file at `path`; a new inode there starts over at offset 0."""
+        now = time.time()
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT id, dev, ino FROM files WHERE path = ?", (path,)
+            ).fetchone()
+            if row is None:
+                cur = self._db.execute(
+                    "INSERT INTO files (path, dev, ino, first_seen, updated) VALUES (?, ?, ?, ?, ?)",
+                    (path, dev, ino, now, now),
+                )
+                assert cur.lastrowid is not None
+                return cur.lastrowid
+            file_id: int = row[0]
+            if (row[1], row[2]) != (dev, ino):
+                self._db.execute(
+                    "UPDATE files SET dev = ?, ino = ?, offset = 0, fingerprint = x'', size = 0, "
+                    "mtime_ns = 0, gone = 0, updated = ? WHERE id = ?",
+                    (dev, ino, now, file_id),
+                )
+            return file_id
+
+    def mark_gone(self, file_ids: Iterable[int]) -> None:
+        """Files that vanished; their games stay counted."""
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE files SET gone = 1, updated = ? WHERE id = ?",
+                [(time.time(), i) for i in file_ids],
+            )
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    def commit(
+        self,
+        file_id: int,
+        cursor: Cursor,
+        games: Sequence[GameRow],
+        rejects: Sequence[RejectRow] = (),
+    ) -> dict[str, tuple[int, int]]:
+        """Record games and rejects and move the file's cursor, in one transaction.
+
+        Returns, per config, the number of games that were new and the highest
+        sequence number assigned.
+        """
+        now = time.time()
+        added: dict[str, tuple[int, int]] = {}
+        with self._transaction():
+            by_config: dict[str, list[tuple[object, ...]]] = {}
+            for g in games:
+                by_config.setdefault(g.config, []).append(
+                    (g.key, self._config_id(g.config), file_id, g.offset, g.length, g.game_id, now)
+                )
+            for config, rows in by_config.items():
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO games (key, config_id, file_id, offset, length, "
+                    "game_id, added) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                # INSERT OR IGNORE skips keys already counted: those are copies.
+                if count := self._db.total_changes - before:
+                    config_id = self._config_ids[config]
+                    top: int = self._db.execute(
+                        "SELECT MAX(seq) FROM games WHERE config_id = ?", (config_id,)
+                    ).fetchone()[0]
+                    self._db.execute(
+                        "UPDATE configs SET total = total + ?, last_game_at = ? WHERE id = ?",
+                        (count, now, config_id),
+                    )
+                    added[config] = (count, top)
+            if rejects:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO rejects (file_id, offset, length, reason, detail, added)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(file_id, r.offset, r.length, r.reason, r.detail, now) for r in rejects],
+                )
+            self._db.execute(
+                "UPDATE files SET dev = ?, ino = ?, offset = ?, fingerprint = ?, size = ?, "
+                "mtime_ns = ?, gone = 0, updated = ? WHERE id = ?",
+                (
+                    cursor.dev,
+                    cursor.ino,
+                    cursor.offset,
+                    cursor.fingerprint,
+                    cursor.size,
+                    cursor.mtime_ns,
+                    now,
+                    file_id,
+                ),
+            )
+        return added
+
+    def _config_id(self, name: str) -> int:
+        config_id = self._config_ids.get(name)
+        if config_id is None:
+            self._db.execute("INSERT OR IGNORE INTO configs (name) VALUES (?)", (name,))
+            config_id = self._db.execute(
+                "SELECT id FROM configs WHERE name = ?", (name,)
+            ).fetchone()[0]
+            self._config_ids[name] = config_id
+        return config_id
+
+    # -- queries --------------------------------------------------------------------------
+
+    def config_counts(self) -> list[ConfigCount]:
+        """Per config seen in any game: totals, new games, watermark, last game time."""
+        rows = self._db.execute(
+            "SELECT name, total, total - trained_count, trained_through, last_game_at "
+            "FROM configs ORDER BY name"
+        ).fetchall()
+        return [ConfigCount(*r) for r in rows]
+
+    def reject_counts(self) -> dict[str, int]:
+        return dict(
+            self._db.execute(
+                "SELECT reason, COUNT(*) FROM rejects GROUP BY reason ORDER BY reason"
+            ).fetchall()
+        )
+
+    def game_count(self) -> int:
+        count: int = self._db.execute("SELECT COUNT(*) FROM games").fetchone()[0]
+        return count
+
+    def game_keys(self) -> set[bytes]:
+        return {r[0] for r in self._db.execute("SELECT key FROM games")}
+
+    def spans(self, config: str, after_seq: int = 0, limit: int | None = None) -> list[Span]:
+        """Games of a config above a sequence number, oldest first."""
+        rows = self._db.execute(
+            "SELECT g.seq, g.key, f.path, g.offset, g.length FROM games g "
+            "JOIN files f ON f.id = g.file_id JOIN configs c ON c.id = g.config_id "
+            "WHERE c.name = ? AND g.seq > ? ORDER BY g.seq LIMIT ?",
+            (config, after_seq, -1 if limit is None else limit),
+        ).fetchall()
+        return [Span(*r) for r in rows]
+
+    def set_trained_through(self, config: str, seq: int) -> None:
+        """Move a config's watermark (only a successful training does this)."""
+        with self._transaction():
+            config_id = self._config_id(config)
+            self._db.execute(
+                "UPDATE configs SET trained_through = ?, trained_count = "
+                "(SELECT COUNT(*) FROM games WHERE config_id = ? AND seq <= ?) WHERE id = ?",
+                (seq, config_id, seq, config_id),
+            )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            # Config ids cached inside the rolled-back transaction are void.
+            self._config_ids = dict(self._db.execute("SELECT name, id FROM configs").fetchall())
+            raise
+        self._db.execute("COMMIT")

@@ -1,0 +1,286 @@
+"""The YAML configuration: pydantic models, loading, and errors that name file:line."""
+
+from __future__ import annotations
+
+import os.path
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+)
+
+# `{board}_{players}p`; the board part may itself hold underscores and digits.
+CONFIG_NAME = re.compile(r"^(?P<board>[a-z][a-z0-9_]{0,31})_(?P<players>[1-8])p$")
+DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """An invalid configuration; `errors` holds one `file:line: key.path: message` each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def split_config_name(name: str) -> tuple[str, int] | None:
+    """`square8_2p` -> ("square8", 2); None when the name is not `{board}_{n}p`."""
+    m = CONFIG_NAME.match(name)
+    return (m["board"], int(m["players"])) if m else None
+
+
+def _check_config_name(name: str) -> str:
+    if split_config_name(name) is None:
+        raise ValueError(
+            f"{name!r} is not a configuration name: expected {{board}}_{{n}}p, e.g. square8_2p "
+            "(board [a-z][a-z0-9_]*, at most 32 characters; n from 1 to 8)"
+        )
+    return name
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    # Relative paths are relative to the config file's folder, not the cwd,
+    # so the daemon behaves the same under systemd and from a shell.
+    base = (info.context or {}).get("base_dir")
+    path = path.expanduser()
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    return Path(os.path.normpath(path))
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+ConfigName = Annotated[str, AfterValidator(_check_config_name)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WatchSettings(_Model):
+    roots: list[ConfigPath] = Field(default_factory=lambda: [Path("data/selfplay")])
+    debounce_ms: int = Field(default=50, ge=0, le=60_000)
+    rescan_interval_s: float = Field(default=60.0, gt=0)
+    # inotify sees no writes made by other NFS clients; polling does.
+    force_polling: bool = False
+    max_line_bytes: int = Field(default=DEFAULT_MAX_LINE_BYTES, ge=1024)
+
+
+class RamdiskMapping(_Model):
+    source: ConfigPath
+    target: ConfigPath
+
+
+def _check_devices(value: object) -> object:
+    if value in ("auto", "cpu"):
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+    ):
+        return value
+    raise ValueError(f"must be auto, cpu or a list of GPU indices such as [0, 1] (got {value!r})")
+
+
+Devices = Annotated[Literal["auto", "cpu"] | list[int], BeforeValidator(_check_devices)]
+
+
+class TrainingSettings(_Model):
+    enabled: bool = True
+    # One job slot per entry: `auto` finds the GPUs, `cpu` is one CPU slot.
+    devices: Devices = "auto"
+    command: list[str] | None = None
+
+
+class ConfigEntry(_Model):
+    threshold: int = Field(ge=1)
+
+
+class ControlSettings(_Model):
+    socket: ConfigPath | None = None
+
+
+class Settings(_Model):
+    state_dir: ConfigPath = Path("var/ringd")
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    ramdisk: list[RamdiskMapping] = Field(default_factory=list)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    configs: dict[ConfigName, ConfigEntry] = Field(default_factory=dict)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.sqlite"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.control.socket or self.state_dir / "ringd.sock"
+
+    def threshold(self, config: str) -> int | None:
+        entry = self.configs.get(config)
+        return entry.threshold if entry else None
+
+
+# -- loading ----------------------------------------------------------------------------
+
+_Loc = tuple[str | int, ...]
+
+
+def load_settings(path: Path | str) -> Settings:
+    """Read and validate a config file; raises ConfigError with file:line messages."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read: {e}"]) from None
+    return parse_settings(text, path)
+
+
+def parse_settings(text: str, path: Path) -> Settings:
+    """Validate YAML text as if it were the file at `path` (relative paths resolve there)."""
+    data, lines = _parse_yaml(text, path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:1: the top level must be a mapping of keys to values"])
+    base_dir = path.resolve().parent
+    try:
+        return Settings.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as e:
+        raise ConfigError(_format_errors(path, lines, e)) from None
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[_Loc, int]]:
+    """YAML -> plain data, plus the line of every key path (for error messages)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    lines: dict[_Loc, int] = {}
+    errors: list[str] = []
+    if node is None:
+        return None, lines
+    constructor = yaml.SafeLoader("")
+    data = _construct(node, (), lines, errors, constructor, path)
+    if errors:
+        raise ConfigError(errors)
+    return data, lines
+
+
+def _construct(
+    node: yaml.Node,
+    loc: _Loc,
+    lines: dict[_Loc, int],
+    errors: list[str],
+    constructor: yaml.SafeLoader,
+    path: Path,
+) -> Any:
+    lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = constructor.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                errors.append(f"{path}:{key_node.start_mark.line + 1}: {_dotted(loc)}: keys must be scalars")
+                continue
+            child = (*loc, str(key))
+            if key in out:
+                errors.append(
+                    f"{path}:{key_node.start_mark.line + 1}: {_dotted(child)}: duplicate key"
+                )
+            lines[child] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, child, lines, errors, constructor, path)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _construct(item, (*loc, i), lines, errors, constructor, path)
+            for i, item in enumerate(node.value)
+        ]
+    return constructor.construct_object(node, deep=True)
+
+
+def _dotted(loc: _Loc) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + part)
+    return "".join(parts) or "(top level)"
+
+
+_BRANCH = re.compile(r"^[a-z-]+\[.*\]$")
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> _Loc:
+    # pydantic adds union branch names ("list[int]", "literal['auto','cpu']")
+    # and "[key]" markers for dict keys; users know only their YAML keys.
+    return tuple(
+        part
+        for part in loc
+        if isinstance(part, int) or not (part == "[key]" or _BRANCH.match(part))
+    )
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    msg: str = err["msg"]
+    value = err.get("input")
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+        return f"{msg[0].lower()}{msg[1:]} (got {value!r})"
+    return msg
+
+
+def _format_errors(path: Path, lines: dict[_Loc, int], error: ValidationError) -> list[str]:
+    # A union (e.g. `devices`) fails once per branch: one line per key, the
+    # branches' messages joined.
+    by_loc: dict[_Loc, list[str]] = {}
+    for err in error.errors():
+        messages = by_loc.setdefault(_clean_loc(tuple(err["loc"])), [])
+        if (message := _message(err)) not in messages:
+            messages.append(message)
+    out = []
+    for loc, messages in by_loc.items():
+        line = _line_for(lines, loc)
+        where = f"{path}:{line}" if line else str(path)
+        out.append(f"{where}: {_dotted(loc)}: {'; or '.join(messages)}")
+    return out
+
+
+def _line_for(lines: dict[_Loc, int], loc: _Loc) -> int | None:
+    for prefix in _prefixes(loc):
+        if prefix in lines:
+            return lines[prefix]
+    return None
+
+
+def _prefixes(loc: _Loc) -> Iterator[_Loc]:
+    for end in range(len(loc), -1, -1):
+        yield loc[:end]

@@ -1,0 +1,155 @@
+"""The status document (`ringd status --json`, `ringd scan --json`) and its table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ringd.ledger import ConfigCount
+from ringd.settings import Settings, split_config_name
+
+State = Literal["unconfigured", "idle", "ready", "training", "backoff", "paused"]
+
+
+class ConfigStatus(BaseModel):
+    name: str
+    board: str
+    players: int
+    new_games: int
+    threshold: int | None
+    total_games: int
+    trained_through: int
+    state: State
+    last_game_at: float | None
+
+
+class Status(BaseModel):
+    configs: list[ConfigStatus]
+    total_games: int
+    new_games: int
+    rejected_total: int
+    rejects: dict[str, int]
+    config_error: str | None
+    config_file: str | None
+    generated_at: float
+
+
+def config_state(new_games: int, threshold: int | None) -> State:
+    """A config's state from its counts alone (before any scheduling)."""
+    if threshold is None:
+        return "unconfigured"
+    return "ready" if new_games >= threshold else "idle"
+
+
+def build_status(
+    counts: Sequence[ConfigCount],
+    settings: Settings,
+    rejects: Mapping[str, int],
+    *,
+    config_error: str | None = None,
+    config_file: str | None = None,
+    now: float | None = None,
+) -> Status:
+    """One row per configured config (games or not) and per unconfigured one with games."""
+    by_name = {c.name: c for c in counts}
+    names = sorted(set(settings.configs) | set(by_name), key=_order)
+    rows = []
+    for name in names:
+        count = by_name.get(name)
+        board, players = split_config_name(name) or (name, 0)
+        threshold = settings.threshold(name)
+        new = count.new if count else 0
+        rows.append(
+            ConfigStatus(
+                name=name,
+                board=board,
+                players=players,
+                new_games=new,
+                threshold=threshold,
+                total_games=count.total if count else 0,
+                trained_through=count.trained_through if count else 0,
+                state=config_state(new, threshold),
+                last_game_at=count.last_game_at if count else None,
+            )
+        )
+    return Status(
+        configs=rows,
+        total_games=sum(r.total_games for r in rows),
+        new_games=sum(r.new_games for r in rows),
+        rejected_total=sum(rejects.values()),
+        rejects=dict(rejects),
+        config_error=config_error,
+        config_file=config_file,
+        generated_at=time.time() if now is None else now,
+    )
+
+
+def _order(name: str) -> tuple[str, int]:
+    board, players = split_config_name(name) or (name, 0)
+    return board, players
+
+
+def progress_label(row: ConfigStatus) -> str:
+    """The literal `+N/threshold` (`+N/-` when the config has no threshold)."""
+    return f"+{row.new_games}/{row.threshold if row.threshold is not None else '-'}"
+
+
+def _bar(new: int, threshold: int | None, width: int = 20) -> Text:
+    if threshold is None:
+        return Text("·" * width, style="dim")
+    filled = min(width, new * width // threshold)
+    return Text("█" * filled, style="green" if new >= threshold else "cyan") + Text(
+        "·" * (width - filled), style="dim"
+    )
+
+
+def _age(then: float | None, now: float) -> str:
+    if then is None:
+        return "-"
+    seconds = max(0.0, now - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+_STATE_STYLE = {"ready": "bold green", "training": "bold magenta", "backoff": "red",
+                "paused": "yellow", "unconfigured": "dim", "idle": ""}
+
+
+def render(status: Status, console: Console) -> None:
+    """Print the status table: one row per config with its `+N/threshold`."""
+    if status.config_error:
+        console.print(
+            Text("config error (last good configuration in force):\n", style="bold red")
+            + Text(status.config_error, style="red")
+        )
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("config")
+    table.add_column("new", justify="right")
+    table.add_column("progress")
+    table.add_column("total", justify="right")
+    table.add_column("state")
+    table.add_column("last game", justify="right")
+    now = status.generated_at
+    for row in status.configs:
+        table.add_row(
+            row.name,
+            progress_label(row),
+            _bar(row.new_games, row.threshold),
+            f"{row.total_games:,}",
+            Text(row.state, style=_STATE_STYLE.get(row.state, "")),
+            _age(row.last_game_at, now),
+        )
+    console.print(table)
+    rejects = ", ".join(f"{reason} {n:,}" for reason, n in status.rejects.items())
+    console.print(
+        f"{status.total_games:,} games, {status.new_games:,} new, "
+        f"{status.rejected_total:,} rejected" + (f" ({rejects})" if rejects else "")
+    )

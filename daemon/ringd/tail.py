@@ -1,0 +1,215 @@
+"""Cursor rules: read each file's new complete lines exactly once into the ledger.
+
+A file's cursor is its (device, inode), the offset after its last complete
+line, and a fingerprint of the bytes before that offset. The decision of where
+to read from is a pure function of the cursor and a fresh stat; only
+`index_file` touches the disk.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import xxhash
+
+from ringd.ledger import Cursor, GameRow, Ledger, RejectRow
+from ringd.records import Game, Reason, parse_line
+
+FINGERPRINT_SPAN = 4096
+CHUNK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStat:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Decision(enum.Enum):
+    UNCHANGED = "unchanged"  # same identity, size and mtime: nothing to read
+    EMPTY = "empty"  # an unknown file with no bytes yet: ignored
+    NEW = "new"  # an unknown path, or a new inode at a known path: from 0
+    TRUNCATED = "truncated"  # shorter than the cursor: from 0
+    VERIFY = "verify"  # grew or was touched: fingerprint intact -> read on, else from 0
+
+
+def decide(cursor: Cursor | None, st: FileStat) -> Decision:
+    """Where reading must start, from the cursor and a fresh stat alone."""
+    if cursor is None or (cursor.dev, cursor.ino) != (st.dev, st.ino):
+        return Decision.EMPTY if st.size == 0 and cursor is None else Decision.NEW
+    if st.size < cursor.offset:
+        return Decision.TRUNCATED
+    if (st.size, st.mtime_ns) == (cursor.size, cursor.mtime_ns):
+        return Decision.UNCHANGED
+    return Decision.VERIFY
+
+
+def fingerprint(fd: int, offset: int) -> bytes:
+    """A hash of the first and last FINGERPRINT_SPAN bytes before `offset`.
+
+    A writer that reopens with "w" and writes past the old size changes these
+    bytes (the head holds the first game, the tail the last one read).
+    """
+    head = os.pread(fd, min(FINGERPRINT_SPAN, offset), 0)
+    start = max(0, offset - FINGERPRINT_SPAN)
+    tail = os.pread(fd, offset - start, start)
+    return xxhash.xxh3_64_digest(head + tail) if offset else b""
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Complete lines read in one go: (offset, bytes without newline) each."""
+
+    lines: list[tuple[int, bytes]]
+    too_long: list[tuple[int, int]]  # (offset, length) of lines over the limit
+    end: int  # the offset after the last complete line
+
+
+def read_chunks(
+    fd: int, start: int, max_line: int, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[Chunk]:
+    """The complete lines from `start` on; a trailing partial line is left unread.
+
+    A line longer than `max_line` is skipped to its newline without being held
+    in memory whole, and reported in `too_long` once its newline arrives.
+    """
+    read_pos = start
+    line_start = start  # the file offset of pending[0]
+    pending = b""
+    skipping = False  # inside an over-long line whose bytes are dropped
+    while data := os.pread(fd, chunk_bytes, read_pos):
+        read_pos += len(data)
+        if skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                continue
+            end = read_pos - len(data) + nl + 1
+            yield Chunk([], [(line_start, end - 1 - line_start)], end)
+            data = data[nl + 1 :]
+            line_start, skipping = end, False
+        buf = pending + data if pending else data
+        last_nl = buf.rfind(b"\n")
+        if last_nl < 0:
+            pending = buf
+        else:
+            pending = buf[last_nl + 1 :]
+            lines: list[tuple[int, bytes]] = []
+            too_long: list[tuple[int, int]] = []
+            offset = line_start
+            for line in buf[:last_nl].split(b"\n"):
+                if len(line) > max_line:
+                    too_long.append((offset, len(line)))
+                else:
+                    lines.append((offset, line))
+                offset += len(line) + 1
+            line_start = offset
+            yield Chunk(lines, too_long, offset)
+        if len(pending) > max_line:
+            pending, skipping = b"", True
+
+
+@dataclass(slots=True)
+class FileResult:
+    """What indexing one file did."""
+
+    decision: Decision
+    bytes_read: int = 0
+    games: int = 0  # complete game lines read (copies included)
+    new_games: dict[str, tuple[int, int]] = field(default_factory=dict)  # config -> (n, top seq)
+    rejects: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def new_total(self) -> int:
+        return sum(n for n, _ in self.new_games.values())
+
+
+def index_file(
+    ledger: Ledger,
+    path: str,
+    max_line: int,
+    *,
+    commit_bytes: int = CHUNK_BYTES,
+    on_bytes: Callable[[int], None] | None = None,
+) -> FileResult:
+    """Read what is new in one file and commit it, chunk by chunk, with its cursor.
+
+    Raises OSError when the file cannot be opened or read (the caller reports it).
+    """
+    row = ledger.file(path)
+    cursor = row.cursor if row else None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # fstat, not stat: the path may have been replaced since it was listed.
+        st = FileStat.of(os.fstat(fd))
+        decision = decide(cursor, st)
+        result = FileResult(decision)
+        if decision in (Decision.UNCHANGED, Decision.EMPTY):
+            return result
+        start = 0
+        if decision is Decision.VERIFY:
+            assert cursor is not None
+            if fingerprint(fd, cursor.offset) == cursor.fingerprint:
+                start = cursor.offset
+        file_id = ledger.track_file(path, st.dev, st.ino)
+
+        games: list[GameRow] = []
+        rejects: list[RejectRow] = []
+        pending_bytes = 0
+        offset = start
+        for chunk in read_chunks(fd, start, max_line):
+            _classify(chunk, games, rejects, result)
+            pending_bytes += chunk.end - offset
+            result.bytes_read += chunk.end - offset
+            if on_bytes is not None:
+                on_bytes(chunk.end - offset)
+            offset = chunk.end
+            if pending_bytes >= commit_bytes:
+                _commit(ledger, file_id, fd, st, offset, games, rejects, result)
+                games, rejects, pending_bytes = [], [], 0
+        # Always commit the last stat, even with nothing read, so the next scan
+        # of an unchanged file is stat-only.
+        _commit(ledger, file_id, fd, st, offset, games, rejects, result)
+        return result
+    finally:
+        os.close(fd)
+
+
+def _classify(
+    chunk: Chunk, games: list[GameRow], rejects: list[RejectRow], result: FileResult
+) -> None:
+    for offset, line in chunk.lines:
+        parsed = parse_line(line)
+        if isinstance(parsed, Game):
+            games.append(GameRow(parsed.config, parsed.key, offset, len(line), parsed.game_id))
+            result.games += 1
+        else:
+            rejects.append(RejectRow(offset, len(line), parsed.reason, parsed.detail))
+    for offset, length in chunk.too_long:
+        rejects.append(RejectRow(offset, length, Reason.TOO_LONG, f"{length} bytes"))
+
+
+def _commit(
+    ledger: Ledger,
+    file_id: int,
+    fd: int,
+    st: FileStat,
+    offset: int,
+    games: list[GameRow],
+    rejects: list[RejectRow],
+    result: FileResult,
+) -> None:
+    cursor = Cursor(st.dev, st.ino, offset, fingerprint(fd, offset), st.size, st.mtime_ns)
+    for config, (n, top) in ledger.commit(file_id, cursor, games, rejects).items():
+        before, _ = result.new_games.get(config, (0, 0))
+        result.new_games[config] = (before + n, top)
+    for r in rejects:
+        result.rejects[r.reason] = result.rejects.get(r.reason, 0) + 1

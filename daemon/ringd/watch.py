@@ -1,0 +1,189 @@
+"""Discovery and reconciliation scans: every `*.jsonl` below the roots, in any directory.
+
+Watch events are only hints; these scans are the truth. A scan walks every
+root, compares each file's stat with its cursor, and reads only files that
+changed, so a scan of an unchanged tree costs one stat per file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ringd.ledger import FileRow, Ledger
+from ringd.tail import Decision, FileResult, FileStat, decide, index_file
+
+SUFFIX = ".jsonl"
+
+
+@dataclass(slots=True)
+class Discovery:
+    """The `*.jsonl` files found below some roots, and what could not be walked."""
+
+    files: dict[str, FileStat] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    # Directories that could not be listed: files known below them are not "gone".
+    unreadable: list[str] = field(default_factory=list)
+
+
+def discover(roots: Iterable[Path | str]) -> Discovery:
+    """Walk the roots recursively, following directory symlinks but never in a loop."""
+    found = Discovery()
+    visited: set[tuple[int, int]] = set()
+    for root in roots:
+        root = os.path.normpath(root)
+        try:
+            st = os.stat(root)
+        except FileNotFoundError:
+            found.errors.append(f"{root}: watched root does not exist (yet)")
+            found.unreadable.append(root)
+            continue
+        except OSError as e:
+            found.errors.append(f"{root}: cannot stat watched root: {e.strerror}")
+            found.unreadable.append(root)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            found.errors.append(f"{root}: watched root is not a directory")
+            continue
+        _walk(root, (st.st_dev, st.st_ino), visited, found)
+    return found
+
+
+def _walk(top: str, top_id: tuple[int, int], visited: set[tuple[int, int]], found: Discovery) -> None:
+    if top_id in visited:
+        return
+    visited.add(top_id)
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as e:
+            found.errors.append(f"{directory}: cannot list directory: {e.strerror}")
+            found.unreadable.append(directory)
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    st = entry.stat()
+                    ident = (st.st_dev, st.st_ino)
+                    if ident in visited:
+                        if entry.is_symlink():
+                            found.errors.append(
+                                f"{entry.path}: symlink loop or second path to a directory "
+                                "already watched; skipped"
+                            )
+                        continue
+                    visited.add(ident)
+                    stack.append(entry.path)
+                elif entry.name.endswith(SUFFIX) and entry.is_file():
+                    found.files[entry.path] = FileStat.of(entry.stat())
+            except FileNotFoundError:
+                continue  # removed while we looked (or a dangling symlink)
+            except OSError as e:
+                found.errors.append(f"{entry.path}: cannot stat: {e.strerror}")
+
+
+@dataclass(slots=True)
+class ScanReport:
+    """What one reconciliation scan saw and did."""
+
+    files: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    games_read: int = 0
+    new_games: dict[str, tuple[int, int]] = field(default_factory=dict)
+    rejects: dict[str, int] = field(default_factory=dict)
+    gone: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def new_total(self) -> int:
+        return sum(n for n, _ in self.new_games.values())
+
+    def add(self, result: FileResult) -> None:
+        self.files_read += 1
+        self.bytes_read += result.bytes_read
+        self.games_read += result.games
+        for config, (n, top) in result.new_games.items():
+            before, _ = self.new_games.get(config, (0, 0))
+            self.new_games[config] = (before + n, top)
+        for reason, n in result.rejects.items():
+            self.rejects[reason] = self.rejects.get(reason, 0) + n
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Files to read in this scan and the bytes they hold beyond their cursors."""
+
+    paths: list[str]
+    pending_bytes: int
+
+
+def plan_scan(known: Mapping[str, FileRow], found: Discovery) -> Plan:
+    """Which files changed since their cursors (stat only, nothing is opened)."""
+    paths: list[str] = []
+    pending = 0
+    for path, st in found.files.items():
+        row = known.get(path)
+        cursor = row.cursor if row else None
+        if decide(cursor, st) in (Decision.UNCHANGED, Decision.EMPTY):
+            continue
+        paths.append(path)
+        same_file = cursor is not None and (cursor.dev, cursor.ino) == (st.dev, st.ino)
+        pending += max(0, st.size - (cursor.offset if same_file and cursor else 0))
+    return Plan(paths, pending)
+
+
+def scan(
+    ledger: Ledger,
+    roots: Sequence[Path | str],
+    max_line: int,
+    *,
+    on_plan: Callable[[Plan], Callable[[int], None] | None] | None = None,
+) -> ScanReport:
+    """Reconcile the ledger with the files below `roots`: read everything new.
+
+    `on_plan` sees the plan before reading and may return a progress callback
+    that receives byte counts as they are consumed.
+    """
+    started = time.monotonic()
+    found = discover(roots)
+    report = ScanReport(files=len(found.files), errors=list(found.errors))
+    known = ledger.files()
+    plan = plan_scan(known, found)
+    progress = on_plan(plan) if on_plan else None
+    for path in plan.paths:
+        try:
+            report.add(index_file(ledger, path, max_line, on_bytes=progress))
+        except FileNotFoundError:
+            continue  # removed since it was listed; the next scan marks it gone
+        except OSError as e:
+            report.errors.append(f"{path}: cannot read: {e.strerror or e}")
+    report.gone = mark_gone(ledger, roots, found, known)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def mark_gone(
+    ledger: Ledger, roots: Sequence[Path | str], found: Discovery, known: Mapping[str, FileRow]
+) -> int:
+    """Flag known files below the roots that no longer exist; their games stay counted."""
+    prefixes = [os.path.join(os.path.normpath(r), "") for r in roots]
+    blind = [os.path.join(d, "") for d in found.unreadable]
+    gone = [
+        row.id
+        for path, row in known.items()
+        if not row.gone
+        and path not in found.files
+        and any(path.startswith(p) for p in prefixes)
+        and not any(path.startswith(b) for b in blind)
+    ]
+    if gone:
+        ledger.mark_gone(gone)
+    return len(gone)
