@@ -323,6 +323,10 @@ class Ledger:
             ).fetchall()
         )
 
+    def rejected_total(self) -> int:
+        count: int = self._db.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
+        return count
+
     def game_count(self) -> int:
         count: int = self._db.execute("SELECT COUNT(*) FROM games").fetchone()[0]
         return count

@@ -270,8 +270,8 @@ def _format_errors(path: Path, lines: dict[_Loc, int], error: ValidationError) -
     for loc, messages in by_loc.items():
         line = _line_for(lines, loc)
         where = f"{path}:{line}" if line else str(path)
-        out.append(f"{where}: {_dotted(loc)}: {'; or '.join(messages)}")
-    return out
+        out.append((line or 0, f"{where}: {_dotted(loc)}: {'; or '.join(messages)}"))
+    return [message for _, message in sorted(out, key=lambda item: item[0])]
 
 
 def _line_for(lines: dict[_Loc, int], loc: _Loc) -> int | None:
