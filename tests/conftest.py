@@ -35,7 +35,9 @@ def append(path: Path, data: bytes) -> None:
 def golden_lines() -> list[bytes]:
     """The five golden RingRift records, each as one compact JSONL line."""
     if not GOLDEN.is_dir():
-        pytest.skip(f"golden fixtures not present at {GOLDEN} (they live in the project's shared/ folder)")
+        pytest.skip(
+            f"golden fixtures not present at {GOLDEN} (they live in the project's shared/ folder)"
+        )
     return [
         json.dumps(json.loads(p.read_text()), separators=(",", ":")).encode() + b"\n"
         for p in sorted(GOLDEN.glob("*.json"))
@@ -63,7 +65,9 @@ def write_config(folder: Path, extra: str = "", configs: str | None = None) -> P
     return path
 
 
-def ringd(*args: str, check: bool = False, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def ringd(
+    *args: str, check: bool = False, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the ringd CLI in a real subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "ringd.cli", *args],

@@ -27,7 +27,9 @@ def counts(ledger: Ledger) -> dict[str, int]:
     return {c.name: c.total for c in ledger.config_counts() if c.total}
 
 
-def test_golden_records_as_jsonl_are_counted_under_square8_and_hex8(tmp_path: Path, golden_lines: list[bytes]) -> None:
+def test_golden_records_as_jsonl_are_counted_under_square8_and_hex8(
+    tmp_path: Path, golden_lines: list[bytes]
+) -> None:
     append(tmp_path / "sp" / "gpu" / "golden.jsonl", b"".join(golden_lines))
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         report = run_scan(tmp_path / "sp", ledger)
@@ -36,15 +38,23 @@ def test_golden_records_as_jsonl_are_counted_under_square8_and_hex8(tmp_path: Pa
 
 
 def test_a_file_of_20000_games_counts_20000(tmp_path: Path) -> None:
-    append(tmp_path / "sp" / "big.jsonl", b"".join(game_line("square8", 2, i) for i in range(20_000)))
+    append(
+        tmp_path / "sp" / "big.jsonl", b"".join(game_line("square8", 2, i) for i in range(20_000))
+    )
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         run_scan(tmp_path / "sp", ledger)
         assert counts(ledger) == {"square8_2p": 20_000}
 
 
 def test_hex8_games_never_land_in_hexagonal(tmp_path: Path) -> None:
-    append(tmp_path / "sp" / "hybrid_1" / "a.jsonl", b"".join(game_line("hex8", 2, i) for i in range(30)))
-    append(tmp_path / "sp" / "hybrid_1" / "b.jsonl", b"".join(game_line("hexagonal", 2, i) for i in range(7)))
+    append(
+        tmp_path / "sp" / "hybrid_1" / "a.jsonl",
+        b"".join(game_line("hex8", 2, i) for i in range(30)),
+    )
+    append(
+        tmp_path / "sp" / "hybrid_1" / "b.jsonl",
+        b"".join(game_line("hexagonal", 2, i) for i in range(7)),
+    )
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         run_scan(tmp_path / "sp", ledger)
         assert counts(ledger) == {"hex8_2p": 30, "hexagonal_2p": 7}
@@ -65,7 +75,10 @@ def test_any_directory_name_and_one_created_after_the_previous_scan(tmp_path: Pa
     append(root / "mcts_3" / "a.jsonl", game_line("square8", 2, 1))
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         run_scan(root, ledger)
-        append(root / "a name nobody thought of" / "deep" / "er" / "b.jsonl", game_line("square8", 2, 2))
+        append(
+            root / "a name nobody thought of" / "deep" / "er" / "b.jsonl",
+            game_line("square8", 2, 2),
+        )
         append(root / "daemon_x" / "c.jsonl", game_line("square8", 2, 3))
         (root / "not-a-game.json").write_bytes(game_line("square8", 2, 4))
         run_scan(root, ledger)
@@ -99,7 +112,9 @@ def test_truncation_reads_from_the_start_and_the_count_stays_exact(tmp_path: Pat
         assert report.games_read == 2
 
 
-def test_a_rewrite_that_grows_past_the_old_size_is_caught_by_the_fingerprint(tmp_path: Path) -> None:
+def test_a_rewrite_that_grows_past_the_old_size_is_caught_by_the_fingerprint(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "sp" / "a.jsonl"
     append(path, b"".join(game_line("hex8", 2, i) for i in range(10)))
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
@@ -247,10 +262,14 @@ def test_index_file_stat_only_when_unchanged(tmp_path: Path) -> None:
 def test_any_split_of_the_same_bytes_into_writes_yields_the_same_games(
     cuts: list[int], scan_after: list[bool]
 ) -> None:
-    data = b"".join(
-        game_line(board, n, i)
-        for i, (board, n) in enumerate([("square8", 2), ("hex8", 3), ("hexagonal", 2)] * 6)
-    ) + b"garbage\n" + game_line("square19", 4, 77)[:-1]  # ends in an unterminated game
+    data = (
+        b"".join(
+            game_line(board, n, i)
+            for i, (board, n) in enumerate([("square8", 2), ("hex8", 3), ("hexagonal", 2)] * 6)
+        )
+        + b"garbage\n"
+        + game_line("square19", 4, 77)[:-1]
+    )  # ends in an unterminated game
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         root, path = folder / "sp", folder / "sp" / "w.jsonl"

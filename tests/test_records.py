@@ -60,7 +60,10 @@ def test_game_key_is_the_hash_of_the_lines_bytes() -> None:
         (b'{"boardType":"square8","numPlayers":true}', Reason.PLAYERS_NOT_INTEGER),
         (b'{"boardType":"square8","numPlayers":0}', Reason.PLAYERS_OUT_OF_RANGE),
         (b'{"boardType":"square8","numPlayers":9}', Reason.PLAYERS_OUT_OF_RANGE),
-        (b'{"boardType":"square8","board_type":"hex8","numPlayers":2}', Reason.CONFLICTING_DIALECTS),
+        (
+            b'{"boardType":"square8","board_type":"hex8","numPlayers":2}',
+            Reason.CONFLICTING_DIALECTS,
+        ),
     ],
 )
 def test_reject_reasons(line: bytes, reason: Reason) -> None:
@@ -71,11 +74,15 @@ def test_reject_reasons(line: bytes, reason: Reason) -> None:
 
 
 def test_both_dialects_agreeing_is_fine() -> None:
-    result = parse_line(b'{"boardType":"square8","board_type":"square8","numPlayers":4,"num_players":4}')
+    result = parse_line(
+        b'{"boardType":"square8","board_type":"square8","numPlayers":4,"num_players":4}'
+    )
     assert isinstance(result, Game) and result.config == "square8_4p"
 
 
 def test_non_ascii_text_in_valid_utf8_is_accepted() -> None:
-    line = json.dumps({"boardType": "hex8", "numPlayers": 3, "name": "Jörg ♟"}, ensure_ascii=False).encode()
+    line = json.dumps(
+        {"boardType": "hex8", "numPlayers": 3, "name": "Jörg ♟"}, ensure_ascii=False
+    ).encode()
     result = parse_line(line)
     assert isinstance(result, Game) and result.config == "hex8_3p"

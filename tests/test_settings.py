@@ -26,7 +26,9 @@ def test_default_config_lists_all_twelve_ringrift_configurations() -> None:
     assert all(c.threshold >= 1 for c in settings.configs.values())
 
 
-def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_the_config_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "etc").mkdir()
     path = tmp_path / "etc" / "ringd.yaml"
     path.write_text("state_dir: ../state\nwatch: {roots: [sp, /abs/root]}\n")
@@ -48,7 +50,9 @@ def test_an_empty_file_means_every_default(tmp_path: Path) -> None:
 
 
 def test_threshold_below_one_names_file_line_and_key_path(tmp_path: Path) -> None:
-    errors = errors_of(tmp_path, "configs:\n  hex8_2p: {threshold: 5}\n  square8_2p:\n    threshold: 0\n")
+    errors = errors_of(
+        tmp_path, "configs:\n  hex8_2p: {threshold: 5}\n  square8_2p:\n    threshold: 0\n"
+    )
     assert errors == [f"{tmp_path / 'ringd.yaml'}:4: configs.square8_2p.threshold: must be >= 1"]
 
 
@@ -61,9 +65,13 @@ def test_unknown_keys_are_errors_at_their_line(tmp_path: Path) -> None:
 
 
 def test_wrong_types_are_errors(tmp_path: Path) -> None:
-    errors = errors_of(tmp_path, "watch:\n  debounce_ms: soon\ntraining:\n  devices: gpu\n  enabled: maybe\n")
+    errors = errors_of(
+        tmp_path, "watch:\n  debounce_ms: soon\ntraining:\n  devices: gpu\n  enabled: maybe\n"
+    )
     assert len(errors) == 3
-    assert errors[0].startswith(f"{tmp_path / 'ringd.yaml'}:2: watch.debounce_ms: input should be a valid integer")
+    assert errors[0].startswith(
+        f"{tmp_path / 'ringd.yaml'}:2: watch.debounce_ms: input should be a valid integer"
+    )
     assert errors[1] == (
         f"{tmp_path / 'ringd.yaml'}:4: training.devices: "
         "must be auto, cpu or a list of GPU indices such as [0, 1] (got 'gpu')"
@@ -72,8 +80,14 @@ def test_wrong_types_are_errors(tmp_path: Path) -> None:
 
 
 def test_config_names_must_be_board_underscore_players_p(tmp_path: Path) -> None:
-    errors = errors_of(tmp_path, "configs:\n  square8_2p: {threshold: 1}\n  square8: {threshold: 1}\n  hex8_9p: {threshold: 1}\n")
-    assert [e.split(": ")[0] for e in errors] == [f"{tmp_path / 'ringd.yaml'}:3", f"{tmp_path / 'ringd.yaml'}:4"]
+    errors = errors_of(
+        tmp_path,
+        "configs:\n  square8_2p: {threshold: 1}\n  square8: {threshold: 1}\n  hex8_9p: {threshold: 1}\n",
+    )
+    assert [e.split(": ")[0] for e in errors] == [
+        f"{tmp_path / 'ringd.yaml'}:3",
+        f"{tmp_path / 'ringd.yaml'}:4",
+    ]
     assert "configs.square8: 'square8' is not a configuration name" in errors[0]
 
 

@@ -101,7 +101,7 @@ def _config_path(arg: Path | None) -> Path:
 
 
 def _err(message: str) -> None:
-    Console(stderr=True, highlight=False).print(f"[bold red]ringd:[/] {message}")
+    Console(stderr=True, highlight=False).print(f"[bold red]ringd:[/] {message}", soft_wrap=True)
 
 
 def _load(arg: Path | None) -> Settings | None:
@@ -146,7 +146,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             config_file=str(_config_path(args.config)),
         )
     for error in report.errors:
-        stderr.print(f"[yellow]warning:[/] {error}", highlight=False)
+        stderr.print(f"[yellow]warning:[/] {error}", highlight=False, soft_wrap=True)
     if args.json:
         print(status.model_dump_json(indent=2))
     else:

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -195,7 +195,9 @@ def _construct(
         for key_node, value_node in node.value:
             key = constructor.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) and key is not None:
-                errors.append(f"{path}:{key_node.start_mark.line + 1}: {_dotted(loc)}: keys must be scalars")
+                errors.append(
+                    f"{path}:{key_node.start_mark.line + 1}: {_dotted(loc)}: keys must be scalars"
+                )
                 continue
             child = (*loc, str(key))
             if key in out:

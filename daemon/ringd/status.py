@@ -119,8 +119,14 @@ def _age(then: float | None, now: float) -> str:
     return f"{seconds:.0f}s ago"
 
 
-_STATE_STYLE = {"ready": "bold green", "training": "bold magenta", "backoff": "red",
-                "paused": "yellow", "unconfigured": "dim", "idle": ""}
+_STATE_STYLE = {
+    "ready": "bold green",
+    "training": "bold magenta",
+    "backoff": "red",
+    "paused": "yellow",
+    "unconfigured": "dim",
+    "idle": "",
+}
 
 
 def render(status: Status, console: Console) -> None:

@@ -53,7 +53,9 @@ def discover(roots: Iterable[Path | str]) -> Discovery:
     return found
 
 
-def _walk(top: str, top_id: tuple[int, int], visited: set[tuple[int, int]], found: Discovery) -> None:
+def _walk(
+    top: str, top_id: tuple[int, int], visited: set[tuple[int, int]], found: Discovery
+) -> None:
     if top_id in visited:
         return
     visited.add(top_id)
