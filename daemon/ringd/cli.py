@@ -22,7 +22,7 @@ from rich.progress import (
 from ringd import __version__
 from ringd.ledger import Ledger, LedgerError
 from ringd.settings import ConfigError, Settings, load_settings
-from ringd.status import build_status, render
+from ringd.status import build_status, view
 from ringd.watch import Plan, scan
 
 DEFAULT_CONFIG = "/etc/ringd/ringd.yaml"
@@ -89,6 +89,27 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_sim)
 
     p = sub.add_parser(
+        "demo",
+        help="run simulated selfplay and ringd together on a demo tree",
+        description=(
+            "Create DIR (default ./ringd-demo) with a demo configuration (all twelve "
+            "configurations, tiny thresholds), start simulated selfplay writers there and "
+            "show ringd's live table of +N/threshold while they write. Ctrl-C stops it."
+        ),
+    )
+    p.add_argument(
+        "--dir", type=Path, default=Path("ringd-demo"), help="demo folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=15.0, help="seconds of selfplay (default: %(default)s)"
+    )
+    p.add_argument("--writers", type=int, default=4, help="writer processes (default: %(default)s)")
+    p.add_argument(
+        "--rate", type=float, default=20.0, help="games per second in all (default: %(default)s)"
+    )
+    p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser(
         "schema",
         help="print the JSON schema of the configuration file",
     )
@@ -150,7 +171,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if args.json:
         print(status.model_dump_json(indent=2))
     else:
-        render(status, Console(highlight=False))
+        Console(highlight=False).print(view(status))
         stderr.print(
             f"[dim]scanned {report.files:,} files in {report.seconds:.2f}s: read "
             f"{report.bytes_read / 1e6:,.1f} MB from {report.files_read:,}, "
@@ -195,6 +216,15 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from ringd.sim import sim_main
 
     return sim_main(args.args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ringd.demo import run_demo
+
+    run_demo(
+        args.dir, duration=args.duration, writers=args.writers, rate=args.rate, console=Console()
+    )
+    return EXIT_OK
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

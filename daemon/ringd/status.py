@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel
-from rich.console import Console
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -129,10 +129,11 @@ _STATE_STYLE = {
 }
 
 
-def render(status: Status, console: Console) -> None:
-    """Print the status table: one row per config with its `+N/threshold`."""
+def view(status: Status) -> RenderableType:
+    """The status table: one row per config with its `+N/threshold`, then totals."""
+    parts: list[RenderableType] = []
     if status.config_error:
-        console.print(
+        parts.append(
             Text("config error (last good configuration in force):\n", style="bold red")
             + Text(status.config_error, style="red")
         )
@@ -153,9 +154,12 @@ def render(status: Status, console: Console) -> None:
             Text(row.state, style=_STATE_STYLE.get(row.state, "")),
             _age(row.last_game_at, now),
         )
-    console.print(table)
+    parts.append(table)
     rejects = ", ".join(f"{reason} {n:,}" for reason, n in status.rejects.items())
-    console.print(
-        f"{status.total_games:,} games, {status.new_games:,} new, "
-        f"{status.rejected_total:,} rejected" + (f" ({rejects})" if rejects else "")
+    parts.append(
+        Text(
+            f"{status.total_games:,} games, {status.new_games:,} new, "
+            f"{status.rejected_total:,} rejected" + (f" ({rejects})" if rejects else "")
+        )
     )
+    return Group(*parts)
