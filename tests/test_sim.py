@@ -248,7 +248,7 @@ def test_snake_records_carry_the_gpu_selfplay_fields(config: str) -> None:
 
 def test_snake_moves_come_raw_or_canonical_chosen_per_game() -> None:
     rng = random.Random(7)
-    forms = Counter()
+    forms: Counter[str] = Counter()
     for i in range(60):
         moves = make_record(rng, "square8_2p", "snake", str(i), moves=8)["moves"]
         assert isinstance(moves, list)
@@ -281,7 +281,7 @@ def test_full_style_moves_have_exactly_the_golden_move_keys() -> None:
 
 def test_winner_is_sometimes_null_and_sometimes_absent() -> None:
     rng = random.Random(3)
-    states = Counter()
+    states: Counter[str] = Counter()
     for i in range(300):
         record = make_record(rng, "square8_2p", "camel", str(i), moves=4)
         states["absent" if "winner" not in record else type(record["winner"]).__name__] += 1
@@ -628,3 +628,37 @@ def test_sigterm_stops_an_unbounded_run_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     lines = sum(len(_read_lines(p)[0]) for p in tmp_path.rglob("*.jsonl"))
     assert lines == _summary_games(out) > 0
+
+
+def test_writers_stop_when_their_parent_dies(tmp_path: Path) -> None:
+    # A demo runs run_writers in a thread; if that process is killed, its writers
+    # (in their own session, out of reach of the terminal) must not live on.
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, threading, time\n"
+            "from pathlib import Path\n"
+            "from ringd.sim import run_writers\n"
+            "threading.Thread(target=run_writers, args=(Path(sys.argv[1]),),\n"
+            "    kwargs={'writers': 2, 'rate': 40, 'duration': 60, 'small': True},\n"
+            "    daemon=True).start()\n"
+            "time.sleep(60)\n",
+            str(tmp_path),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            files = list(tmp_path.rglob("*.jsonl"))
+            if len(files) == 2 and all(p.stat().st_size for p in files):
+                break
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        parent.wait()
+    time.sleep(0.5)
+    sizes = {p: p.stat().st_size for p in tmp_path.rglob("*.jsonl")}
+    assert len(sizes) == 2
+    time.sleep(0.5)  # at 20 games/s each, a live writer would have grown its file
+    assert sizes == {p: p.stat().st_size for p in tmp_path.rglob("*.jsonl")}
