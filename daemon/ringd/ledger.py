@@ -61,6 +61,7 @@ MIGRATIONS: tuple[str, ...] = (
         added REAL NOT NULL,
         UNIQUE (file_id, offset, length, reason)
     );
+    CREATE INDEX rejects_by_reason ON rejects(reason);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -105,6 +106,26 @@ class RejectRow:
     length: int
     reason: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """Games newly counted for one config: how many, and their sequence range."""
+
+    count: int
+    first: int
+    last: int
+
+    def merge(self, other: Added) -> Added:
+        return Added(
+            self.count + other.count, min(self.first, other.first), max(self.last, other.last)
+        )
+
+
+def merge_added(into: dict[str, Added], new: dict[str, Added]) -> None:
+    """Fold per-config additions into a running total."""
+    for config, added in new.items():
+        into[config] = into[config].merge(added) if config in into else added
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,15 +263,16 @@ class Ledger:
         cursor: Cursor,
         games: Sequence[GameRow],
         rejects: Sequence[RejectRow] = (),
-    ) -> dict[str, tuple[int, int]]:
+    ) -> dict[str, Added]:
         """Record games and rejects and move the file's cursor, in one transaction.
 
-        Returns, per config, the number of games that were new and the highest
-        sequence number assigned.
+        Returns, per config, the games that were new (copies of known games are not).
         """
         now = time.time()
-        added: dict[str, tuple[int, int]] = {}
+        added: dict[str, Added] = {}
         with self._transaction():
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'games'").fetchone()
+            seq_before: int = row[0] if row else 0
             by_config: dict[str, list[tuple[object, ...]]] = {}
             for g in games:
                 by_config.setdefault(g.config, []).append(
@@ -266,14 +288,15 @@ class Ledger:
                 # INSERT OR IGNORE skips keys already counted: those are copies.
                 if count := self._db.total_changes - before:
                     config_id = self._config_ids[config]
-                    top: int = self._db.execute(
-                        "SELECT MAX(seq) FROM games WHERE config_id = ?", (config_id,)
-                    ).fetchone()[0]
+                    first, last = self._db.execute(
+                        "SELECT MIN(seq), MAX(seq) FROM games WHERE config_id = ? AND seq > ?",
+                        (config_id, seq_before),
+                    ).fetchone()
                     self._db.execute(
                         "UPDATE configs SET total = total + ?, last_game_at = ? WHERE id = ?",
                         (count, now, config_id),
                     )
-                    added[config] = (count, top)
+                    added[config] = Added(count, first, last)
             if rejects:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO rejects (file_id, offset, length, reason, detail, added)"

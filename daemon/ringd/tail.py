@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from ringd.ledger import Cursor, GameRow, Ledger, RejectRow
+from ringd.ledger import Added, Cursor, GameRow, Ledger, RejectRow, merge_added
 from ringd.records import Game, Reason, parse_line
 
 FINGERPRINT_SPAN = 4096
@@ -124,12 +124,12 @@ class FileResult:
     decision: Decision
     bytes_read: int = 0
     games: int = 0  # complete game lines read (copies included)
-    new_games: dict[str, tuple[int, int]] = field(default_factory=dict)  # config -> (n, top seq)
+    new_games: dict[str, Added] = field(default_factory=dict)
     rejects: dict[str, int] = field(default_factory=dict)
 
     @property
     def new_total(self) -> int:
-        return sum(n for n, _ in self.new_games.values())
+        return sum(a.count for a in self.new_games.values())
 
 
 def index_file(
@@ -208,8 +208,6 @@ def _commit(
     result: FileResult,
 ) -> None:
     cursor = Cursor(st.dev, st.ino, offset, fingerprint(fd, offset), st.size, st.mtime_ns)
-    for config, (n, top) in ledger.commit(file_id, cursor, games, rejects).items():
-        before, _ = result.new_games.get(config, (0, 0))
-        result.new_games[config] = (before + n, top)
+    merge_added(result.new_games, ledger.commit(file_id, cursor, games, rejects))
     for r in rejects:
         result.rejects[r.reason] = result.rejects.get(r.reason, 0) + 1

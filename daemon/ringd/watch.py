@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ringd.ledger import FileRow, Ledger
+from ringd.ledger import Added, FileRow, Ledger, merge_added
 from ringd.tail import Decision, FileResult, FileStat, decide, index_file
 
 SUFFIX = ".jsonl"
@@ -98,7 +98,7 @@ class ScanReport:
     files_read: int = 0
     bytes_read: int = 0
     games_read: int = 0
-    new_games: dict[str, tuple[int, int]] = field(default_factory=dict)
+    new_games: dict[str, Added] = field(default_factory=dict)
     rejects: dict[str, int] = field(default_factory=dict)
     gone: int = 0
     errors: list[str] = field(default_factory=list)
@@ -106,15 +106,13 @@ class ScanReport:
 
     @property
     def new_total(self) -> int:
-        return sum(n for n, _ in self.new_games.values())
+        return sum(a.count for a in self.new_games.values())
 
     def add(self, result: FileResult) -> None:
         self.files_read += 1
         self.bytes_read += result.bytes_read
         self.games_read += result.games
-        for config, (n, top) in result.new_games.items():
-            before, _ = self.new_games.get(config, (0, 0))
-            self.new_games[config] = (before + n, top)
+        merge_added(self.new_games, result.new_games)
         for reason, n in result.rejects.items():
             self.rejects[reason] = self.rejects.get(reason, 0) + n
 
