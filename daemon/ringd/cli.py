@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -19,10 +21,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ringd import __version__
+from ringd import __version__, client
 from ringd.ledger import Ledger, LedgerError
 from ringd.settings import ConfigError, Settings, load_settings
-from ringd.status import build_status, view
+from ringd.status import Status, build_status, view
 from ringd.watch import Plan, scan
 
 DEFAULT_CONFIG = "/etc/ringd/ringd.yaml"
@@ -58,6 +60,45 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ringd {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     config_help = f"the YAML configuration (default: $RINGD_CONFIG or {DEFAULT_CONFIG})"
+
+    p = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground (what systemd runs)",
+        description=(
+            "Watch the roots, count every new game, serve status on the control socket "
+            "(state_dir/ringd.sock) and apply config edits without a restart. Logs go to "
+            "stderr: JSON lines when not on a terminal (journald), readable otherwise. "
+            "SIGHUP re-reads the config; SIGTERM or SIGINT stop it cleanly."
+        ),
+    )
+    p.add_argument("--config", type=Path, help=config_help)
+    p.set_defaults(handler=_cmd_run)
+
+    socket_help = (
+        "the daemon's control socket (default: from --config, else $RINGD_SOCKET, "
+        "else from $RINGD_CONFIG or " + DEFAULT_CONFIG + ")"
+    )
+    p = sub.add_parser(
+        "status",
+        help="show +N/threshold per configuration from the running daemon",
+        description=(
+            "One row per configuration: +N/threshold, a bar of N against the threshold, "
+            "total games, state and the age of the last game. Exit 2 when no daemon answers."
+        ),
+    )
+    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--socket", type=Path, help=socket_help)
+    p.add_argument("--json", action="store_true", help="print the status JSON instead")
+    p.add_argument("--watch", action="store_true", help="refresh the table every second")
+    p.set_defaults(handler=_cmd_status)
+
+    p = sub.add_parser(
+        "events",
+        help="follow the daemon's event stream (JSON lines: games, files, rejects, reloads)",
+    )
+    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--socket", type=Path, help=socket_help)
+    p.set_defaults(handler=_cmd_events)
 
     p = sub.add_parser(
         "scan",
@@ -126,11 +167,72 @@ def _err(message: str) -> None:
 
 
 def _load(arg: Path | None) -> Settings | None:
+    """The settings, or None after printing why they are invalid."""
     try:
         return load_settings(_config_path(arg))
     except ConfigError as e:
         _err("invalid configuration:\n" + str(e))
         return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ringd import app, log
+    from ringd.control import SocketInUse
+
+    path = _config_path(args.config)
+    settings = _load(path)
+    if settings is None:
+        return EXIT_ERROR
+    log.configure()
+    try:
+        return app.run(path, settings)
+    except (LedgerError, SocketInUse) as e:
+        _err(str(e))
+        return EXIT_ERROR
+
+
+def _socket_path(args: argparse.Namespace) -> Path | None:
+    if args.socket:
+        return Path(args.socket)
+    if args.config is None and (env := os.environ.get("RINGD_SOCKET")):
+        return Path(env)
+    settings = _load(args.config)
+    return settings.socket_path if settings else None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    path = _socket_path(args)
+    if path is None:
+        return EXIT_UNAVAILABLE
+    console = Console(highlight=False)
+    try:
+        if args.json:
+            print(json.dumps(client.get_json(path, "/v1/status"), indent=2))
+        elif args.watch:
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    status = Status.model_validate(client.get_json(path, "/v1/status"))
+                    live.update(view(status), refresh=True)
+                    time.sleep(1.0)
+        else:
+            console.print(view(Status.model_validate(client.get_json(path, "/v1/status"))))
+    except client.DaemonUnavailable as e:
+        _err(f"{e}; is the daemon running? (systemctl status ringd, or ringd run --config FILE)")
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    path = _socket_path(args)
+    if path is None:
+        return EXIT_UNAVAILABLE
+    try:
+        for event in client.follow(path):
+            print(json.dumps(event), flush=True)
+    except client.DaemonUnavailable as e:
+        _err(f"{e}; is the daemon running?")
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

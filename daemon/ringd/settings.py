@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os.path
 import re
 from collections.abc import Iterator
@@ -105,8 +106,31 @@ class ConfigEntry(_Model):
     threshold: int = Field(ge=1)
 
 
+def _check_loopback(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, e.g. 127.0.0.1:9108 (got {value!r})")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ValueError(f"{host!r} is not a loopback address: metrics are served on loopback only")
+    return value
+
+
 class ControlSettings(_Model):
     socket: ConfigPath | None = None
+    # Optional TCP listener for Prometheus scrapes of /metrics; loopback only.
+    metrics_listen: Annotated[str, AfterValidator(_check_loopback)] | None = None
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        if self.metrics_listen is None:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 class Settings(_Model):

@@ -27,6 +27,7 @@ class ConfigStatus(BaseModel):
     trained_through: int
     state: State
     last_game_at: float | None
+    games_per_s: float | None = None  # over the last minute (daemon only)
 
 
 class Status(BaseModel):
@@ -38,6 +39,7 @@ class Status(BaseModel):
     config_error: str | None
     config_file: str | None
     generated_at: float
+    daemon: dict[str, object] | None = None  # pid, version, started_at, ready (daemon only)
 
 
 def config_state(new_games: int, threshold: int | None) -> State:
@@ -55,6 +57,8 @@ def build_status(
     config_error: str | None = None,
     config_file: str | None = None,
     now: float | None = None,
+    rates: Mapping[str, float] | None = None,
+    daemon: dict[str, object] | None = None,
 ) -> Status:
     """One row per configured config (games or not) and per unconfigured one with games."""
     by_name = {c.name: c for c in counts}
@@ -76,6 +80,7 @@ def build_status(
                 trained_through=count.trained_through if count else 0,
                 state=config_state(new, threshold),
                 last_game_at=count.last_game_at if count else None,
+                games_per_s=None if rates is None else round(rates.get(name, 0.0), 3),
             )
         )
     return Status(
@@ -87,12 +92,25 @@ def build_status(
         config_error=config_error,
         config_file=config_file,
         generated_at=time.time() if now is None else now,
+        daemon=daemon,
     )
 
 
 def _order(name: str) -> tuple[str, int]:
     board, players = split_config_name(name) or (name, 0)
     return board, players
+
+
+def status_line(status: Status, limit: int = 8) -> str:
+    """systemd's STATUS: the configs closest to their thresholds, `square8_2p +37/100, ...`."""
+    rows = sorted(
+        (r for r in status.configs if r.threshold is not None),
+        key=lambda r: (-r.new_games / (r.threshold or 1), r.name),
+    )
+    text = ", ".join(f"{r.name} {progress_label(r)}" for r in rows[:limit])
+    if status.config_error:
+        text = f"config error: {status.config_error.splitlines()[0]}; " + text
+    return text or f"{status.total_games} games"
 
 
 def progress_label(row: ConfigStatus) -> str:

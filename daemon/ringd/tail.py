@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -122,6 +123,7 @@ class FileResult:
     """What indexing one file did."""
 
     decision: Decision
+    stat: FileStat | None = None
     bytes_read: int = 0
     games: int = 0  # complete game lines read (copies included)
     new_games: dict[str, Added] = field(default_factory=dict)
@@ -139,9 +141,11 @@ def index_file(
     *,
     commit_bytes: int = CHUNK_BYTES,
     on_bytes: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> FileResult:
     """Read what is new in one file and commit it, chunk by chunk, with its cursor.
 
+    `stop` ends reading after the chunk in hand is committed (shutdown).
     Raises OSError when the file cannot be opened or read (the caller reports it).
     """
     row = ledger.file(path)
@@ -151,7 +155,7 @@ def index_file(
         # fstat, not stat: the path may have been replaced since it was listed.
         st = FileStat.of(os.fstat(fd))
         decision = decide(cursor, st)
-        result = FileResult(decision)
+        result = FileResult(decision, st)
         if decision in (Decision.UNCHANGED, Decision.EMPTY):
             return result
         start = 0
@@ -175,6 +179,8 @@ def index_file(
             if pending_bytes >= commit_bytes:
                 _commit(ledger, file_id, fd, st, offset, games, rejects, result)
                 games, rejects, pending_bytes = [], [], 0
+                if stop is not None and stop.is_set():
+                    break
         # Always commit the last stat, even with nothing read, so the next scan
         # of an unchanged file is stat-only.
         _commit(ledger, file_id, fd, st, offset, games, rejects, result)

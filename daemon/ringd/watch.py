@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ class ScanReport:
     new_games: dict[str, Added] = field(default_factory=dict)
     rejects: dict[str, int] = field(default_factory=dict)
     gone: int = 0
+    new_files: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -108,7 +110,9 @@ class ScanReport:
     def new_total(self) -> int:
         return sum(a.count for a in self.new_games.values())
 
-    def add(self, result: FileResult) -> None:
+    def add(self, path: str, result: FileResult) -> None:
+        if result.decision is Decision.NEW:
+            self.new_files.append(path)
         self.files_read += 1
         self.bytes_read += result.bytes_read
         self.games_read += result.games
@@ -146,11 +150,13 @@ def scan(
     max_line: int,
     *,
     on_plan: Callable[[Plan], Callable[[int], None] | None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ScanReport:
     """Reconcile the ledger with the files below `roots`: read everything new.
 
     `on_plan` sees the plan before reading and may return a progress callback
-    that receives byte counts as they are consumed.
+    that receives byte counts as they are consumed. `stop` ends the scan early
+    (shutdown); what was read so far is committed.
     """
     started = time.monotonic()
     found = discover(roots)
@@ -159,8 +165,10 @@ def scan(
     plan = plan_scan(known, found)
     progress = on_plan(plan) if on_plan else None
     for path in plan.paths:
+        if stop is not None and stop.is_set():
+            break
         try:
-            report.add(index_file(ledger, path, max_line, on_bytes=progress))
+            report.add(path, index_file(ledger, path, max_line, on_bytes=progress, stop=stop))
         except FileNotFoundError:
             continue  # removed since it was listed; the next scan marks it gone
         except OSError as e:

@@ -1,0 +1,301 @@
+"""The daemon: the stages wired into one TaskGroup on uvloop, signals, hot reload.
+
+observer    watchfiles events over the roots -> ingest (hints)
+reconciler  a scan at start (then READY), every rescan_interval_s, on demand (truth)
+control     HTTP on the Unix socket: status, events, metrics
+config      the YAML file watched; SIGHUP too -> reload, or refuse and report
+watchdog    WATCHDOG=1 from the event loop itself
+follower    the event stream -> ingest rates and systemd STATUS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import deque
+from pathlib import Path
+
+import structlog
+import watchfiles
+
+from ringd import __version__
+from ringd.control import ControlServer
+from ringd.events import EventBus
+from ringd.ingest import Ingest
+from ringd.ledger import Ledger
+from ringd.metrics import Metrics
+from ringd.notify import Notifier, watchdog_interval
+from ringd.settings import ConfigError, Settings, load_settings
+from ringd.status import Status, build_status, status_line
+from ringd.watch import SUFFIX
+
+log = structlog.get_logger("ringd")
+
+RATE_WINDOW_S = 60.0
+ROOT_POLL_S = 1.0
+OBSERVER_BACKOFF_MAX_S = 30.0
+# Parts of the configuration bound at start: changing them needs a restart.
+RESTART_KEYS = ("state_dir", "control")
+
+
+class _Shutdown(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(self, config_path: Path, settings: Settings) -> None:
+        self.config_path = config_path
+        self.settings = settings
+        self.config_error: str | None = None
+        self.started_at = time.time()
+        self.bus = EventBus()
+        self.metrics = Metrics(self.status)
+        self.notifier = Notifier.from_env()
+        self._reader = Ledger(settings.ledger_path)  # status queries, beside the writer
+        self.ingest = Ingest(settings.ledger_path, self.bus, self.metrics)
+        self.control = ControlServer(
+            settings.socket_path,
+            self.status,
+            self.bus,
+            self.metrics,
+            settings.control.metrics_address,
+        )
+        self._stop = asyncio.Event()
+        self._ready = False
+        self._rescan = asyncio.Event()
+        self._observer_restart = asyncio.Event()
+        self._recent: deque[tuple[float, str, int]] = deque()
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        return build_status(
+            self._reader.config_counts(),
+            self.settings,
+            self._reader.reject_counts(),
+            config_error=self.config_error,
+            config_file=str(self.config_path),
+            rates=self._rates(),
+            daemon={
+                "pid": os.getpid(),
+                "version": __version__,
+                "started_at": self.started_at,
+                "ready": self._ready,
+                "roots": [str(r) for r in self.settings.watch.roots],
+            },
+        )
+
+    def _rates(self) -> dict[str, float]:
+        horizon = time.time() - RATE_WINDOW_S
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+        rates: dict[str, float] = {}
+        for _, config, n in self._recent:
+            rates[config] = rates.get(config, 0.0) + n / RATE_WINDOW_S
+        return rates
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
+        await self.control.start()
+        log.info(
+            "started",
+            version=__version__,
+            config=str(self.config_path),
+            socket=str(self.settings.socket_path),
+            roots=[str(r) for r in self.settings.watch.roots],
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._observe())
+                tg.create_task(self._reconcile())
+                tg.create_task(self._watch_config())
+                tg.create_task(self._watchdog())
+                tg.create_task(self._follow_events())
+                await self._stop.wait()
+                raise _Shutdown
+        except* _Shutdown:
+            pass
+        finally:
+            log.info("stopping")
+            self.notifier.stopping()
+            await self.control.stop()
+            await self.ingest.close()
+            self._reader.close()
+            self.notifier.close()
+        log.info("stopped")
+        return 0
+
+    # -- stages ---------------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        await self._scan_roots("start")
+        self._ready = True
+        status = self.status()
+        self.notifier.ready(status_line(status))
+        log.info("ready", games=status.total_games, new_games=status.new_games)
+        while True:
+            try:
+                await asyncio.wait_for(self._rescan.wait(), self.settings.watch.rescan_interval_s)
+                reason = "requested"
+            except TimeoutError:
+                reason = "periodic"
+            self._rescan.clear()
+            await self._scan_roots(reason)
+
+    async def _scan_roots(self, reason: str) -> None:
+        await self.ingest.scan(
+            self.settings.watch.roots, self.settings.watch.max_line_bytes, reason
+        )
+
+    async def _observe(self) -> None:
+        """watchfiles over the roots that exist; restarts on errors, reloads, new roots."""
+        backoff = 1.0
+        while True:
+            self._observer_restart = restart = asyncio.Event()
+            watch = self.settings.watch
+            present = [r for r in watch.roots if r.is_dir()]
+            missing = [r for r in watch.roots if not r.is_dir()]
+            waiter = (
+                asyncio.create_task(self._wait_for_roots(missing, restart)) if missing else None
+            )
+            try:
+                if not present:
+                    await restart.wait()
+                    continue
+                async for changes in watchfiles.awatch(
+                    *present,
+                    watch_filter=_game_or_new_entry,
+                    debounce=watch.debounce_ms,
+                    step=min(50, max(1, watch.debounce_ms)),
+                    stop_event=restart,
+                    force_polling=watch.force_polling or None,
+                    rust_timeout=1000,
+                    ignore_permission_denied=True,
+                ):
+                    await self._on_changes(changes)
+                backoff = 1.0
+            except Exception as e:
+                log.error(
+                    "observer failed; restarting it and rescanning",
+                    error=repr(e),
+                    retry_in_s=backoff,
+                )
+                self.bus.publish("observer_error", error=repr(e))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, OBSERVER_BACKOFF_MAX_S)
+                self._rescan.set()
+            finally:
+                if waiter is not None:
+                    waiter.cancel()
+
+    async def _wait_for_roots(self, missing: list[Path], restart: asyncio.Event) -> None:
+        log.warning("waiting for watched roots to appear", roots=[str(r) for r in missing])
+        while not any(r.is_dir() for r in missing):
+            await asyncio.sleep(ROOT_POLL_S)
+        log.info("watched root appeared", roots=[str(r) for r in missing if r.is_dir()])
+        restart.set()
+        self._rescan.set()
+
+    async def _on_changes(self, changes: set[tuple[watchfiles.Change, str]]) -> None:
+        files: set[str] = set()
+        directories: list[str] = []
+        for change, path in changes:
+            if path.endswith(SUFFIX):
+                if change is not watchfiles.Change.deleted:
+                    files.add(path)
+            elif change is watchfiles.Change.added and os.path.isdir(path):
+                directories.append(path)
+        max_line = self.settings.watch.max_line_bytes
+        if directories:
+            # Files written into a new directory before its watch existed raise no
+            # event: scan the directory itself.
+            await self.ingest.scan(directories, max_line, "new directory")
+        if files:
+            await self.ingest.index(files, max_line)
+
+    async def _watch_config(self) -> None:
+        """Reload when the config file changes, including editors that save by rename."""
+        name = self.config_path.name
+        while True:
+            try:
+                async for _ in watchfiles.awatch(
+                    self.config_path.parent,
+                    watch_filter=lambda _change, path: os.path.basename(path) == name,
+                    debounce=200,
+                    recursive=False,
+                    rust_timeout=1000,
+                ):
+                    await self.reload("file changed")
+            except Exception as e:
+                log.error("cannot watch the config file; SIGHUP still reloads", error=repr(e))
+                await asyncio.sleep(5.0)
+
+    async def reload(self, reason: str) -> None:
+        """Apply a valid edit of the config file; refuse an invalid one whole."""
+        self.notifier.reloading()
+        try:
+            new = load_settings(self.config_path)
+            _check_restart_keys(self.settings, new)
+        except ConfigError as e:
+            self.config_error = str(e)
+            log.error(
+                "config refused; the last good configuration stays", reason=reason, errors=e.errors
+            )
+            self.bus.publish("config_refused", errors=e.errors)
+            self.notifier.ready(status_line(self.status()))
+            return
+        old, self.settings = self.settings, new
+        self.config_error = None
+        if old.watch != new.watch:
+            self._observer_restart.set()
+            self._rescan.set()
+        log.info("config reloaded", reason=reason)
+        self.bus.publish("config_reloaded", reason=reason)
+        self.notifier.ready(status_line(self.status()))
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _follow_events(self) -> None:
+        last_status = 0.0
+        async for event in self.bus.follow():
+            if event.kind == "games":
+                self._recent.append((event.at, event.data["config"], event.data["count"]))
+                if self._ready and event.at - last_status >= 1.0:
+                    last_status = event.at
+                    self.notifier.status(status_line(self.status()))
+
+
+def _game_or_new_entry(change: watchfiles.Change, path: str) -> bool:
+    # New directories matter too: they are scanned at once.
+    return path.endswith(SUFFIX) or change is watchfiles.Change.added
+
+
+def _check_restart_keys(old: Settings, new: Settings) -> None:
+    changed = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+    if changed:
+        raise ConfigError(
+            [
+                f"{k}: cannot change while ringd runs; restart it (systemctl restart ringd)"
+                for k in changed
+            ]
+        )
+
+
+def run(config_path: Path, settings: Settings) -> int:
+    """Run the daemon in the foreground until SIGTERM or SIGINT."""
+    import uvloop
+
+    return uvloop.run(Daemon(config_path, settings).run())

@@ -1,0 +1,57 @@
+"""A small synchronous client for the control socket (the CLI's side of control.py)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class DaemonUnavailable(Exception):
+    """No daemon answers on the socket."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("ringd", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _request(path: Path, method: str, url: str, timeout: float) -> http.client.HTTPResponse:
+    conn = _UnixConnection(path, timeout)
+    try:
+        conn.request(method, url)
+        return conn.getresponse()
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise DaemonUnavailable(f"no ringd answers at {path} ({e.strerror})") from None
+    except OSError as e:
+        raise DaemonUnavailable(f"no ringd answers at {path} ({e})") from None
+
+
+def get_json(path: Path, url: str, timeout: float = 5.0) -> Any:
+    """GET a JSON document from the daemon."""
+    response = _request(path, "GET", url, timeout)
+    body = response.read()
+    if response.status != 200:
+        raise DaemonUnavailable(f"{url}: HTTP {response.status}: {body[:200]!r}")
+    return json.loads(body)
+
+
+def follow(path: Path, url: str = "/v1/events") -> Iterator[dict[str, Any]]:
+    """Each JSON line of a streaming endpoint, as it arrives."""
+    response = _request(path, "GET", url, timeout=3600 * 24)
+    while line := response.readline():
+        yield json.loads(line)
