@@ -271,7 +271,9 @@ class Ledger:
         now = time.time()
         added: dict[str, Added] = {}
         with self._transaction():
-            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'games'").fetchone()
+            row = self._db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'games'"
+            ).fetchone()
             seq_before: int = row[0] if row else 0
             by_config: dict[str, list[tuple[object, ...]]] = {}
             for g in games:

@@ -7,6 +7,7 @@ variable (not under systemd) every call is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -36,11 +37,9 @@ class Notifier:
         if self._sock is None:
             return
         message = "\n".join(f"{k}={v}" for k, v in fields.items())
-        try:
+        # systemd gone or its socket full: the service must not die of it.
+        with contextlib.suppress(OSError):
             self._sock.send(message.encode())
-        except OSError:
-            # systemd gone or the socket full: the service must not die of it.
-            pass
 
     def ready(self, status: str) -> None:
         self.send(READY=1, STATUS=status)
