@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,3 +83,111 @@ def ringd(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+class DaemonProcess:
+    """A real `ringd run` child with a NOTIFY_SOCKET bound by the test."""
+
+    def __init__(self, folder: Path, env: dict[str, str] | None = None) -> None:
+        self.folder = folder
+        self.config = folder / "ringd.yaml"
+        self.socket = folder / "var" / "ringd.sock"
+        self.log = folder / "daemon.log"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify_path = folder / "notify.sock"
+        self.notify_path.unlink(missing_ok=True)
+        self.notify.bind(str(self.notify_path))
+        self.messages: list[str] = []
+        self._env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> DaemonProcess:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ringd.cli", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+                env=self._env,
+            )
+        if wait_ready:
+            self.wait_message("READY=1")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait_message(self, needle: str, timeout: float = 30.0) -> str:
+        """The next notify datagram containing `needle` (earlier ones are kept in .messages)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"daemon exited {self.proc.returncode}:\n{self.log.read_text()}"
+                )
+            self.notify.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
+            try:
+                message = self.notify.recv(65536).decode()
+            except TimeoutError:
+                continue
+            self.messages.append(message)
+            if needle in message.split("\n"):
+                return message
+        raise AssertionError(
+            f"no {needle!r} within {timeout}s; got {self.messages}\n{self.log.read_text()}"
+        )
+
+    def status(self) -> dict[str, Any]:
+        from ringd.client import get_json
+
+        result: dict[str, Any] = get_json(self.socket, "/v1/status")
+        return result
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        return {c["name"]: c for c in self.status()["configs"]}
+
+    def wait_until(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """Poll the status until `predicate` holds (a deadline, not a sleep)."""
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.status()
+            if predicate(status):
+                return status
+            time.sleep(0.02)
+        raise AssertionError(
+            f"condition not met within {timeout}s; last status: {json.dumps(status)[:2000]}"
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.notify.close()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary folder with a short path (Unix socket paths hold 107 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
+    """A daemon over short_tmp/data/selfplay (not yet started; call .start())."""
+    (short_tmp / "data" / "selfplay").mkdir(parents=True)
+    write_config(short_tmp, extra="")
+    process = DaemonProcess(short_tmp)
+    yield process
+    process.close()

@@ -169,6 +169,7 @@ class Daemon:
                 if not present:
                     await restart.wait()
                     continue
+                established = False
                 async for changes in watchfiles.awatch(
                     *present,
                     watch_filter=_game_or_new_entry,
@@ -177,9 +178,16 @@ class Daemon:
                     stop_event=restart,
                     force_polling=watch.force_polling or None,
                     rust_timeout=1000,
+                    yield_on_timeout=True,
                     ignore_permission_denied=True,
                 ):
-                    await self._on_changes(changes)
+                    if not established:
+                        # The first yield proves the watches exist; what was written
+                        # before they did raised no event, so reconcile once now.
+                        established = True
+                        self._rescan.set()
+                    if changes:
+                        await self._on_changes(changes)
                 backoff = 1.0
             except Exception as e:
                 log.error(
@@ -201,7 +209,6 @@ class Daemon:
             await asyncio.sleep(ROOT_POLL_S)
         log.info("watched root appeared", roots=[str(r) for r in missing if r.is_dir()])
         restart.set()
-        self._rescan.set()
 
     async def _on_changes(self, changes: set[tuple[watchfiles.Change, str]]) -> None:
         files: set[str] = set()

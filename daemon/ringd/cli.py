@@ -177,7 +177,7 @@ def _load(arg: Path | None) -> Settings | None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ringd import app, log
-    from ringd.control import SocketInUse
+    from ringd.control import ControlError
 
     path = _config_path(args.config)
     settings = _load(path)
@@ -186,7 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     log.configure()
     try:
         return app.run(path, settings)
-    except (LedgerError, SocketInUse) as e:
+    except (LedgerError, ControlError) as e:
         _err(str(e))
         return EXIT_ERROR
 

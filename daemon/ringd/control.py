@@ -27,8 +27,12 @@ from ringd.status import Status
 SOCKET_MODE = 0o660
 
 
-class SocketInUse(Exception):
-    """Another daemon answers on the control socket."""
+# sun_path holds 108 bytes, the last one a NUL.
+MAX_SOCKET_PATH = 107
+
+
+class ControlError(Exception):
+    """The control socket cannot be served (another daemon answers, path too long, ...)."""
 
 
 class ControlServer:
@@ -55,6 +59,11 @@ class ControlServer:
         app.router.add_get("/metrics", self._get_metrics)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
+        if len(os.fsencode(self._socket_path)) > MAX_SOCKET_PATH:
+            raise ControlError(
+                f"{self._socket_path}: socket path longer than {MAX_SOCKET_PATH} bytes; "
+                "set control.socket to a shorter path"
+            )
         remove_stale_socket(self._socket_path)
         self._socket_path.parent.mkdir(parents=True, exist_ok=True)
         # Bind under a umask so the socket is never, even briefly, world-accessible.
@@ -107,7 +116,7 @@ def remove_stale_socket(path: Path) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise SocketInUse(f"{path}: exists and is not a socket; refusing to replace it")
+        raise ControlError(f"{path}: exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
@@ -117,4 +126,4 @@ def remove_stale_socket(path: Path) -> None:
         return
     finally:
         probe.close()
-    raise SocketInUse(f"{path}: another ringd answers on this socket")
+    raise ControlError(f"{path}: another ringd answers on this socket")

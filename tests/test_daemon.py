@@ -1,0 +1,327 @@
+"""The daemon as systemd runs it: a real `ringd run` process, real files, real sockets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DaemonProcess, append, game_line, ringd, write_config
+from ringd.client import follow
+from ringd.sim import WritersResult, run_writers
+
+
+def total(status: dict[str, object]) -> int:
+    value = status["total_games"]
+    assert isinstance(value, int)
+    return value
+
+
+def test_games_written_while_running_appear_in_status_even_in_a_new_nested_directory(
+    daemon: DaemonProcess,
+) -> None:
+    daemon.start()
+    root = daemon.folder / "data" / "selfplay"
+    append(root / "gpu" / "a.jsonl", b"".join(game_line("square8", 2, i) for i in range(5)))
+    daemon.wait_until(lambda s: total(s) == 5)
+    # A directory tree created after start and written into at once: the file
+    # lands before any watch on its directory can exist.
+    nested = root / "cluster_9" / "host-a" / "run 1"
+    nested.mkdir(parents=True)
+    append(nested / "b.jsonl", b"".join(game_line("hex8", 3, i) for i in range(4)))
+    status = daemon.wait_until(lambda s: total(s) == 9)
+    configs = {c["name"]: c for c in status["configs"]}
+    assert configs["square8_2p"]["new_games"] == 5 and configs["hex8_3p"]["total_games"] == 4
+    assert configs["hex8_3p"]["threshold"] is None and configs["hex8_3p"]["state"] == "unconfigured"
+    assert status["daemon"]["ready"] is True
+
+
+def test_counts_are_exact_after_kill_9_and_restart_while_writers_keep_writing(
+    daemon: DaemonProcess,
+) -> None:
+    daemon.start()
+    root = daemon.folder / "data" / "selfplay"
+    result: list[WritersResult] = []
+    writers = threading.Thread(
+        target=lambda: result.append(
+            run_writers(
+                root, writers=4, rate=300, games=900, small=True, partial_every=7, rotate_every=50
+            )
+        )
+    )
+    writers.start()
+    daemon.wait_until(lambda s: total(s) > 100)
+    daemon.stop(signal.SIGKILL)
+    time.sleep(0.2)  # writers go on while no daemon runs
+    daemon.start()
+    writers.join(60)
+    assert result, "writers did not finish"
+    status = daemon.wait_until(lambda s: total(s) >= result[0].games)
+    time.sleep(0.3)  # nothing more may arrive: every game counted once
+    assert total(daemon.status()) == result[0].games == 900
+    assert status["rejected_total"] == 0
+
+
+def test_a_threshold_edit_applies_within_two_seconds(daemon: DaemonProcess) -> None:
+    daemon.start()
+    append(
+        daemon.folder / "data" / "selfplay" / "a.jsonl",
+        b"".join(game_line("square8", 2, i) for i in range(6)),
+    )
+    daemon.wait_until(lambda s: total(s) == 6)
+    assert daemon.configs()["square8_2p"]["state"] == "idle"
+    write_config(daemon.folder, configs="  square8_2p: {threshold: 4}\n")
+    status = daemon.wait_until(
+        lambda s: {c["name"]: c for c in s["configs"]}["square8_2p"]["threshold"] == 4, timeout=2.0
+    )
+    assert {c["name"]: c for c in status["configs"]}["square8_2p"]["state"] == "ready"
+
+
+def test_an_invalid_edit_changes_nothing_until_a_valid_one_arrives(daemon: DaemonProcess) -> None:
+    daemon.start()
+    root = daemon.folder / "data" / "selfplay"
+    (daemon.folder / "ringd.yaml").write_text(
+        (daemon.folder / "ringd.yaml").read_text().replace("threshold: 10", "threshold: 0")
+    )
+    status = daemon.wait_until(lambda s: s["config_error"] is not None)
+    assert (
+        "ringd.yaml:" in status["config_error"]
+        and "configs.square8_2p.threshold: must be >= 1" in status["config_error"]
+    )
+    assert daemon.configs()["square8_2p"]["threshold"] == 10  # the last good configuration
+    # Ingest goes on, and `ringd status` shows the error at the top.
+    append(root / "a.jsonl", game_line("square8", 2, 1))
+    daemon.wait_until(lambda s: total(s) == 1)
+    shown = ringd("status", "--socket", str(daemon.socket))
+    assert shown.returncode == 0 and shown.stdout.startswith("config error")
+    assert any("config error" in m for m in daemon.messages + [daemon.wait_message("READY=1")])
+    (daemon.folder / "ringd.yaml").write_text("{{{ not yaml")
+    daemon.wait_until(lambda s: "invalid YAML" in (s["config_error"] or ""))
+    write_config(daemon.folder, configs="  square8_2p: {threshold: 3}\n")
+    status = daemon.wait_until(lambda s: s["config_error"] is None)
+    assert daemon.configs()["square8_2p"]["threshold"] == 3
+
+
+def test_an_editor_saving_by_rename_is_seen(daemon: DaemonProcess) -> None:
+    daemon.start()
+    tmp = daemon.folder / ".ringd.yaml.swp"
+    tmp.write_text(
+        (daemon.folder / "ringd.yaml").read_text().replace("threshold: 10", "threshold: 77")
+    )
+    os.replace(tmp, daemon.folder / "ringd.yaml")
+    daemon.wait_until(
+        lambda s: {c["name"]: c for c in s["configs"]}["square8_2p"]["threshold"] == 77, timeout=3
+    )
+
+
+def test_a_new_watched_root_applies_on_reload_and_a_missing_one_is_waited_for(
+    daemon: DaemonProcess,
+) -> None:
+    later = daemon.folder / "later"
+    write_config(daemon.folder)
+    daemon.start()
+    text = (daemon.folder / "ringd.yaml").read_text()
+    (daemon.folder / "ringd.yaml").write_text(
+        text.replace("roots: [data/selfplay]", "roots: [data/selfplay, later]")
+    )
+    daemon.wait_until(lambda s: str(later) in s["daemon"]["roots"])
+    append(later / "x" / "a.jsonl", game_line("hexagonal", 2, 1))  # the root appears
+    daemon.wait_until(lambda s: total(s) == 1)
+    append(later / "x" / "a.jsonl", game_line("hexagonal", 2, 2))  # and is watched
+    daemon.wait_until(lambda s: total(s) == 2, timeout=5)
+
+
+def test_sighup_rereads_the_config_and_notify_messages_come_in_order(short_tmp: Path) -> None:
+    (short_tmp / "data" / "selfplay").mkdir(parents=True)
+    write_config(short_tmp)
+    daemon = DaemonProcess(short_tmp, env={"WATCHDOG_USEC": "200000"})
+    try:
+        daemon.start()
+        ready = daemon.messages[-1].split("\n")
+        assert "READY=1" in ready and any(
+            line.startswith("STATUS=") and "+0/10" in line for line in ready
+        )
+        # Watchdog pings every WATCHDOG_USEC / 2.
+        first = time.monotonic()
+        for _ in range(3):
+            daemon.wait_message("WATCHDOG=1", timeout=2)
+        assert time.monotonic() - first < 1.5
+        write_config(short_tmp, configs="  square8_2p: {threshold: 5}\n")
+        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        reloading = daemon.wait_message("RELOADING=1")
+        usec = [line for line in reloading.split("\n") if line.startswith("MONOTONIC_USEC=")]
+        assert (
+            usec
+            and abs(
+                int(usec[0].split("=")[1]) - time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            )
+            < 10_000_000
+        )
+        after = daemon.wait_message("READY=1")
+        assert "STATUS=square8_2p +0/5" in after.split("\n")
+        daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        daemon.wait_message("STOPPING=1")
+        assert daemon.proc.wait(10) == 0  # type: ignore[union-attr]
+        kinds = [
+            line.split("=")[0]
+            for m in daemon.messages
+            for line in m.split("\n")
+            if line.split("=")[0] in ("READY", "RELOADING", "STOPPING")
+        ]
+        compact = [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k or k != "READY"]
+        assert compact[:1] == ["READY"] and compact[-1] == "STOPPING"
+        assert compact[
+            compact.index("RELOADING") : compact.index("RELOADING") + 2
+        ] == ["RELOADING", "READY"]
+    finally:
+        daemon.close()
+
+
+def test_the_socket_is_0660_or_stricter_and_removed_on_exit(daemon: DaemonProcess) -> None:
+    daemon.start()
+    mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
+    assert stat.S_ISSOCK(os.stat(daemon.socket).st_mode) and mode & 0o117 == 0, oct(mode)
+    assert daemon.stop() == 0
+    assert not daemon.socket.exists()
+
+
+def test_a_stale_socket_left_by_a_crash_is_replaced(daemon: DaemonProcess) -> None:
+    daemon.start()
+    daemon.stop(signal.SIGKILL)
+    assert daemon.socket.exists()  # left behind
+    daemon.start()
+    assert daemon.status()["daemon"]["pid"] == daemon.pid
+
+
+def test_a_second_daemon_on_the_same_socket_refuses_to_start(daemon: DaemonProcess) -> None:
+    daemon.start()
+    second = ringd("run", "--config", str(daemon.config), timeout=30)
+    assert second.returncode == 1
+    assert "another ringd answers on this socket" in second.stderr
+    assert daemon.status()["daemon"]["pid"] == daemon.pid
+
+
+def test_status_without_a_daemon_exits_2_with_a_one_line_message(tmp_path: Path) -> None:
+    result = ringd("status", "--socket", str(tmp_path / "nobody.sock"))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "no ringd answers at" in result.stderr
+
+
+def test_status_finds_the_socket_from_the_environment(daemon: DaemonProcess) -> None:
+    daemon.start()
+    result = ringd("status", "--json", env={"RINGD_SOCKET": str(daemon.socket)})
+    assert result.returncode == 0 and json.loads(result.stdout)["daemon"]["pid"] == daemon.pid
+    result = ringd("status", "--config", str(daemon.config))
+    assert result.returncode == 0 and "+0/10" in result.stdout
+
+
+def test_the_event_stream_reports_games_with_sequence_ranges(daemon: DaemonProcess) -> None:
+    daemon.start()
+    events: list[dict[str, object]] = []
+    done = threading.Event()
+
+    def read() -> None:
+        for event in follow(daemon.socket):
+            events.append(event)
+            if event.get("event") == "rejects":
+                done.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not events and time.monotonic() < deadline:  # the stream's hello line
+        time.sleep(0.01)
+    append(
+        daemon.folder / "data" / "selfplay" / "n" / "a.jsonl",
+        b"".join(game_line("hex8", 2, i) for i in range(3)) + b"junk\n",
+    )
+    assert done.wait(10), events
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "hello" and "file" in kinds and "games" in kinds
+    games = next(e for e in events if e["event"] == "games")
+    assert (games["config"], games["count"], games["first_seq"], games["last_seq"]) == (
+        "hex8_2p",
+        3,
+        1,
+        3,
+    )
+
+
+def test_metrics_and_healthz_over_the_socket(daemon: DaemonProcess) -> None:
+    daemon.start()
+    append(daemon.folder / "data" / "selfplay" / "a.jsonl", game_line("square8", 2, 1) + b"[]\n")
+    daemon.wait_until(lambda s: total(s) == 1 and s["rejected_total"] == 1)
+    out = (
+        subprocess.run(
+            ["curl", "-s", "--unix-socket", str(daemon.socket), "http://ringd/metrics"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        if _have("curl")
+        else _raw_get(daemon.socket, "/metrics")
+    )
+    assert 'ringd_games_total{config="square8_2p"} 1.0' in out
+    assert 'ringd_threshold{config="square8_2p"} 10.0' in out
+    assert 'ringd_rejects_total{reason="not_object"} 1.0' in out
+    assert "ringd_detection_latency_seconds_bucket" in out and "ringd_scan_duration_seconds" in out
+    assert _raw_get(daemon.socket, "/healthz").endswith("ok\n")
+
+
+def test_the_daemon_process_never_imports_torch(daemon: DaemonProcess) -> None:
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed here, so the daemon could not import it anyway")
+    daemon.start()
+    append(daemon.folder / "data" / "selfplay" / "a.jsonl", game_line("square8", 2, 1))
+    daemon.wait_until(lambda s: total(s) == 1)
+    maps = Path(f"/proc/{daemon.pid}/maps").read_text()
+    assert "libtorch" not in maps and "/torch/" not in maps
+
+
+def test_sigterm_exits_0_quickly_and_closes_the_ledger(daemon: DaemonProcess) -> None:
+    daemon.start()
+    append(daemon.folder / "data" / "selfplay" / "a.jsonl", game_line("square8", 2, 1))
+    daemon.wait_until(lambda s: total(s) == 1)
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    assert "stopped" in daemon.log.read_text()
+    # A clean close checkpoints the WAL away.
+    assert not (daemon.folder / "var" / "ledger.sqlite-wal").exists()
+
+
+def _have(tool: str) -> bool:
+    import shutil
+
+    return shutil.which(tool) is not None
+
+
+def _raw_get(path: Path, url: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(path))
+        s.sendall(f"GET {url} HTTP/1.0\r\nHost: ringd\r\n\r\n".encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def test_run_with_an_invalid_config_exits_1(tmp_path: Path) -> None:
+    path = write_config(tmp_path, configs="  nope: {threshold: 1}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "ringd.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and "configs.nope" in result.stderr
