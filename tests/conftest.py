@@ -118,8 +118,11 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def wait_message(self, needle: str, timeout: float = 30.0) -> str:
-        """The next notify datagram containing `needle` (earlier ones are kept in .messages)."""
+    def wait_message(self, needle: str, timeout: float = 30.0, *, prefix: bool = False) -> str:
+        """The next notify datagram with a line `needle` (or starting with it, with `prefix`).
+
+        Earlier datagrams are kept in .messages.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -133,7 +136,8 @@ class DaemonProcess:
             except TimeoutError:
                 continue
             self.messages.append(message)
-            if needle in message.split("\n"):
+            lines = message.split("\n")
+            if needle in lines or (prefix and any(line.startswith(needle) for line in lines)):
                 return message
         raise AssertionError(
             f"no {needle!r} within {timeout}s; got {self.messages}\n{self.log.read_text()}"
