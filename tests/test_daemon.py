@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -181,9 +182,10 @@ def test_sighup_rereads_the_config_and_notify_messages_come_in_order(short_tmp: 
         ]
         compact = [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k or k != "READY"]
         assert compact[:1] == ["READY"] and compact[-1] == "STOPPING"
-        assert compact[
-            compact.index("RELOADING") : compact.index("RELOADING") + 2
-        ] == ["RELOADING", "READY"]
+        assert compact[compact.index("RELOADING") : compact.index("RELOADING") + 2] == [
+            "RELOADING",
+            "READY",
+        ]
     finally:
         daemon.close()
 
@@ -326,3 +328,24 @@ def test_run_with_an_invalid_config_exits_1(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 1 and "configs.nope" in result.stderr
+
+
+def test_the_demo_runs_a_daemon_and_counts_every_game_its_writers_wrote(short_tmp: Path) -> None:
+    result = ringd(
+        "demo",
+        "--dir",
+        str(short_tmp / "demo"),
+        "--duration",
+        "2",
+        "--writers",
+        "2",
+        "--rate",
+        "30",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = re.findall(r"writers wrote ([\d,]+) games; ringd counted ([\d,]+)", result.stdout)
+    assert found, result.stdout
+    wrote, counted = (int(x.replace(",", "")) for x in found[0])
+    assert wrote == counted > 0
+    assert "square8_2p" in result.stdout and "/40" in result.stdout
+    assert "stopped" in (short_tmp / "demo" / "ringd.log").read_text()

@@ -135,14 +135,16 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Create DIR (default ./ringd-demo) with a demo configuration (all twelve "
             "configurations, tiny thresholds), start simulated selfplay writers there and "
-            "show ringd's live table of +N/threshold while they write. Ctrl-C stops it."
+            "run the ringd daemon on it, showing its live table of +N/threshold while they "
+            "write. Ctrl-C (or --duration) stops the writers, shows the final count and "
+            "stops the daemon; the ledger stays in DIR."
         ),
     )
     p.add_argument(
         "--dir", type=Path, default=Path("ringd-demo"), help="demo folder (default: %(default)s)"
     )
     p.add_argument(
-        "--duration", type=float, default=15.0, help="seconds of selfplay (default: %(default)s)"
+        "--duration", type=float, default=None, help="seconds of selfplay (default: until Ctrl-C)"
     )
     p.add_argument("--writers", type=int, default=4, help="writer processes (default: %(default)s)")
     p.add_argument(
