@@ -174,7 +174,9 @@ class Daemon:
                     *present,
                     watch_filter=_game_or_new_entry,
                     debounce=watch.debounce_ms,
-                    step=min(50, max(1, watch.debounce_ms)),
+                    # Short steps: a change is seen within ~10 ms, and a batch is
+                    # yielded once quiet or debounce_ms after its first change.
+                    step=min(10, max(1, watch.debounce_ms)),
                     stop_event=restart,
                     force_polling=watch.force_polling or None,
                     rust_timeout=1000,

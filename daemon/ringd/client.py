@@ -41,13 +41,18 @@ def _request(path: Path, method: str, url: str, timeout: float) -> http.client.H
         raise DaemonUnavailable(f"no ringd answers at {path} ({e})") from None
 
 
-def get_json(path: Path, url: str, timeout: float = 5.0) -> Any:
-    """GET a JSON document from the daemon."""
+def get(path: Path, url: str, timeout: float = 5.0) -> bytes:
+    """GET a document from the daemon."""
     response = _request(path, "GET", url, timeout)
     body = response.read()
     if response.status != 200:
         raise DaemonUnavailable(f"{url}: HTTP {response.status}: {body[:200]!r}")
-    return json.loads(body)
+    return body
+
+
+def get_json(path: Path, url: str, timeout: float = 5.0) -> Any:
+    """GET a JSON document from the daemon."""
+    return json.loads(get(path, url, timeout))
 
 
 def follow(path: Path, url: str = "/v1/events") -> Iterator[dict[str, Any]]:
