@@ -100,11 +100,12 @@ class DaemonProcess:
         self.messages: list[str] = []
         self._env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.prefix: list[str] = []  # e.g. setpriv, to run it with fewer privileges
 
     def start(self, wait_ready: bool = True) -> DaemonProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ringd.cli", "run", "--config", str(self.config)],
+                [*self.prefix, sys.executable, "-m", "ringd.cli", "run", "--config", str(self.config)],
                 stdout=log,
                 stderr=log,
                 env=self._env,

@@ -11,10 +11,12 @@ follower    the event stream -> ingest rates and systemd STATUS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
@@ -27,8 +29,9 @@ from ringd.ingest import Ingest
 from ringd.ledger import Ledger
 from ringd.metrics import Metrics
 from ringd.notify import Notifier, watchdog_interval
+from ringd.ramdisk import Flusher
 from ringd.settings import ConfigError, Settings, load_settings
-from ringd.status import Status, build_status, status_line
+from ringd.status import RamdiskStatus, Status, build_status, status_line
 from ringd.watch import SUFFIX
 
 log = structlog.get_logger("ringd")
@@ -36,6 +39,7 @@ log = structlog.get_logger("ringd")
 RATE_WINDOW_S = 60.0
 ROOT_POLL_S = 1.0
 OBSERVER_BACKOFF_MAX_S = 30.0
+FINAL_FLUSH_EXTEND_S = 20.0
 # Parts of the configuration bound at start: changing them needs a restart.
 RESTART_KEYS = ("state_dir", "control")
 
@@ -67,6 +71,10 @@ class Daemon:
         self._rescan = asyncio.Event()
         self._observer_restart = asyncio.Event()
         self._recent: deque[tuple[float, str, int]] = deque()
+        # fsyncs can be slow: the flushers get their own thread, not ingest's.
+        self._flush_executor = ThreadPoolExecutor(1, thread_name_prefix="flush")
+        self.flushers: list[Flusher] = []
+        self._ramdisk_restart = asyncio.Event()
 
     # -- status ---------------------------------------------------------------------------
 
@@ -78,6 +86,7 @@ class Daemon:
             config_error=self.config_error,
             config_file=str(self.config_path),
             rates=self._rates(),
+            ramdisk=[_ramdisk_status(f) for f in self.flushers],
             daemon={
                 "pid": os.getpid(),
                 "version": __version__,
@@ -103,6 +112,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
+        # A file size limit must fail the write (EFBIG, reported), not kill the daemon.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         await self.control.start()
         log.info(
             "started",
@@ -118,6 +129,7 @@ class Daemon:
                 tg.create_task(self._watch_config())
                 tg.create_task(self._watchdog())
                 tg.create_task(self._follow_events())
+                tg.create_task(self._ramdisk())
                 await self._stop.wait()
                 raise _Shutdown
         except* _Shutdown:
@@ -125,6 +137,7 @@ class Daemon:
         finally:
             log.info("stopping")
             self.notifier.stopping()
+            await self._final_flush()
             await self.control.stop()
             await self.ingest.close()
             self._reader.close()
@@ -265,9 +278,97 @@ class Daemon:
         if old.watch != new.watch:
             self._observer_restart.set()
             self._rescan.set()
+        if old.ramdisk != new.ramdisk:
+            self._ramdisk_restart.set()
         log.info("config reloaded", reason=reason)
         self.bus.publish("config_reloaded", reason=reason)
         self.notifier.ready(status_line(self.status()))
+
+    async def _ramdisk(self) -> None:
+        """One flusher per mapping; all restarted when a reload changes the mappings."""
+        while True:
+            self._ramdisk_restart = restart = asyncio.Event()
+            self.flushers = [Flusher(m) for m in self.settings.ramdisk]
+            tasks = [asyncio.create_task(self._run_flusher(f, restart)) for f in self.flushers]
+            try:
+                await restart.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_flusher(self, flusher: Flusher, restart: asyncio.Event) -> None:
+        mapping = flusher.mapping
+        loop = asyncio.get_running_loop()
+        while not restart.is_set():
+            await loop.run_in_executor(self._flush_executor, flusher.sweep)
+            self._report_flush_errors(flusher)
+            if not flusher.status.source_present:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(restart.wait(), mapping.sweep_interval_s)
+                continue
+            try:
+                async for changes in watchfiles.awatch(
+                    mapping.source,
+                    watch_filter=lambda _c, path: path.endswith(SUFFIX),
+                    debounce=mapping.flush_interval_ms,
+                    step=min(10, mapping.flush_interval_ms),
+                    stop_event=restart,
+                    rust_timeout=int(mapping.sweep_interval_s * 1000),
+                    yield_on_timeout=True,
+                    ignore_permission_denied=True,
+                ):
+                    # A quiet interval (an empty batch) is the time for a sweep.
+                    if changes:
+                        paths = [path for _, path in changes]
+                        await loop.run_in_executor(self._flush_executor, flusher.flush, paths)
+                    else:
+                        await loop.run_in_executor(self._flush_executor, flusher.sweep)
+                    self._report_flush_errors(flusher)
+                    if not os.path.isdir(mapping.source):
+                        break  # wiped (reboot): sweep reports it, then wait for it
+            except Exception as e:
+                log.error(
+                    "ramdisk watch failed; sweeping instead",
+                    source=str(mapping.source),
+                    error=repr(e),
+                )
+                await asyncio.sleep(mapping.sweep_interval_s)
+
+    def _report_flush_errors(self, flusher: Flusher) -> None:
+        for path, error in flusher.drain_transitions():
+            if error is None:
+                log.info("ramdisk flush recovered", source=path)
+                self.bus.publish("ramdisk_recovered", source=path)
+            else:
+                log.error("ramdisk flush failed; retrying with backoff", source=path, error=error)
+                self.bus.publish("ramdisk_error", source=path, error=error)
+
+    async def _final_flush(self) -> None:
+        """Flush every complete line before exit, telling systemd if it takes a while."""
+        if not self.flushers:
+            return
+        loop = asyncio.get_running_loop()
+
+        def flush_all() -> None:
+            for flusher in self.flushers:
+                flusher.sweep(force=True)
+
+        work = loop.run_in_executor(self._flush_executor, flush_all)
+        while True:
+            self.notifier.extend_timeout(FINAL_FLUSH_EXTEND_S)
+            done, _ = await asyncio.wait({work}, timeout=FINAL_FLUSH_EXTEND_S / 2)
+            if done:
+                break
+        await work
+        for flusher in self.flushers:
+            self._report_flush_errors(flusher)
+            log.info(
+                "final ramdisk flush",
+                source=flusher.source,
+                flushed_games=flusher.status.flushed_games,
+            )
+        self._flush_executor.shutdown(wait=True)
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval()
@@ -285,6 +386,27 @@ class Daemon:
                 if self._ready and event.at - last_status >= 1.0:
                     last_status = event.at
                     self.notifier.status(status_line(self.status()))
+
+
+def _ramdisk_status(flusher: Flusher) -> RamdiskStatus:
+    s = flusher.status
+    return RamdiskStatus(
+        source=s.source,
+        target=s.target,
+        source_present=s.source_present,
+        files=s.files,
+        pending_bytes=s.pending_bytes,
+        pending_games=s.pending_games,
+        partial_bytes=s.partial_bytes,
+        flushed_games=s.flushed_games,
+        flushed_bytes=s.flushed_bytes,
+        last_flush_at=s.last_flush_at,
+        oldest_pending_age_s=flusher.oldest_pending_age_s,
+        deleted_sources=s.deleted_sources,
+        errors=s.errors,
+        last_error=s.last_error,
+        failing=dict(s.failing),
+    )
 
 
 def _game_or_new_entry(change: watchfiles.Change, path: str) -> bool:

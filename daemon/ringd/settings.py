@@ -78,6 +78,12 @@ class WatchSettings(_Model):
 class RamdiskMapping(_Model):
     source: ConfigPath
     target: ConfigPath
+    # A game is fsynced to the target within this long of its newline.
+    flush_interval_ms: int = Field(default=500, ge=1, le=60_000)
+    # A full pass over the source tree catches what watch events miss.
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    # Free RAM: delete sources fully copied and unchanged this long (off by default).
+    delete_source_after_s: float | None = Field(default=None, gt=0)
 
 
 def _check_devices(value: object) -> object:

@@ -30,6 +30,24 @@ class ConfigStatus(BaseModel):
     games_per_s: float | None = None  # over the last minute (daemon only)
 
 
+class RamdiskStatus(BaseModel):
+    source: str
+    target: str
+    source_present: bool
+    files: int
+    pending_bytes: int
+    pending_games: int
+    partial_bytes: int
+    flushed_games: int
+    flushed_bytes: int
+    last_flush_at: float | None
+    oldest_pending_age_s: float | None
+    deleted_sources: int
+    errors: int
+    last_error: str | None
+    failing: dict[str, str]
+
+
 class Status(BaseModel):
     configs: list[ConfigStatus]
     total_games: int
@@ -40,6 +58,7 @@ class Status(BaseModel):
     config_file: str | None
     generated_at: float
     daemon: dict[str, object] | None = None  # pid, version, started_at, ready (daemon only)
+    ramdisk: list[RamdiskStatus] = []  # the RAM-disk flusher's mappings (daemon only)
 
 
 def config_state(new_games: int, threshold: int | None) -> State:
@@ -59,6 +78,7 @@ def build_status(
     now: float | None = None,
     rates: Mapping[str, float] | None = None,
     daemon: dict[str, object] | None = None,
+    ramdisk: Sequence[RamdiskStatus] = (),
 ) -> Status:
     """One row per configured config (games or not) and per unconfigured one with games."""
     by_name = {c.name: c for c in counts}
@@ -93,6 +113,7 @@ def build_status(
         config_file=config_file,
         generated_at=time.time() if now is None else now,
         daemon=daemon,
+        ramdisk=list(ramdisk),
     )
 
 
@@ -173,6 +194,8 @@ def view(status: Status) -> RenderableType:
             _age(row.last_game_at, now),
         )
     parts.append(table)
+    for m in status.ramdisk:
+        parts.append(_ramdisk_line(m, now))
     rejects = ", ".join(f"{reason} {n:,}" for reason, n in status.rejects.items())
     parts.append(
         Text(
@@ -181,3 +204,19 @@ def view(status: Status) -> RenderableType:
         )
     )
     return Group(*parts)
+
+
+def _ramdisk_line(m: RamdiskStatus, now: float) -> Text:
+    head = Text(f"ramdisk {m.source} -> {m.target}: ", style="bold")
+    if not m.source_present:
+        return head + Text("source missing (targets kept as they are)", style="yellow")
+    text = (
+        f"{m.files} files, {m.flushed_games:,} games flushed, last flush {_age(m.last_flush_at, now)}"
+        f", pending {m.pending_games:,} games ({m.pending_bytes:,} B)"
+    )
+    line = head + Text(text)
+    if m.oldest_pending_age_s is not None:
+        line += Text(f", oldest unflushed {m.oldest_pending_age_s:.0f}s", style="red")
+    if m.failing:
+        line += Text(f"; failing: {m.last_error}", style="red")
+    return line
