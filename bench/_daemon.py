@@ -14,6 +14,7 @@ from ringd import client
 class BenchDaemon:
     def __init__(self, folder: Path, roots: list[Path], extra: str = "") -> None:
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "ringd.yaml"
         self.socket = folder / "var" / "ringd.sock"
         roots_yaml = ", ".join(str(r) for r in roots)

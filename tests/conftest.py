@@ -105,7 +105,15 @@ class DaemonProcess:
     def start(self, wait_ready: bool = True) -> DaemonProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "ringd.cli", "run", "--config", str(self.config)],
+                [
+                    *self.prefix,
+                    sys.executable,
+                    "-m",
+                    "ringd.cli",
+                    "run",
+                    "--config",
+                    str(self.config),
+                ],
                 stdout=log,
                 stderr=log,
                 env=self._env,

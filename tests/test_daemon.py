@@ -349,3 +349,19 @@ def test_the_demo_runs_a_daemon_and_counts_every_game_its_writers_wrote(short_tm
     assert wrote == counted > 0
     assert "square8_2p" in result.stdout and "/40" in result.stdout
     assert "stopped" in (short_tmp / "demo" / "ringd.log").read_text()
+
+
+def test_sigterm_ends_event_streams_instead_of_waiting_for_them(daemon: DaemonProcess) -> None:
+    daemon.start()
+    lines: list[dict[str, object]] = []
+    reader = threading.Thread(target=lambda: lines.extend(follow(daemon.socket)), daemon=True)
+    reader.start()
+    daemon.wait_until(lambda s: True)
+    deadline = time.monotonic() + 10
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM, timeout=10) == 0
+    assert time.monotonic() - started < 5
+    reader.join(5)
+    assert not reader.is_alive() and lines[0]["event"] == "hello"

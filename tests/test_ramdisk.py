@@ -111,7 +111,9 @@ def test_a_target_ending_in_a_partial_line_is_cut_back_then_completed(tmp_path: 
     assert (tmp_path / "disk" / "a.jsonl").read_bytes() == data
 
 
-def test_sources_are_deleted_only_when_fully_copied_and_unchanged_long_enough(tmp_path: Path) -> None:
+def test_sources_are_deleted_only_when_fully_copied_and_unchanged_long_enough(
+    tmp_path: Path,
+) -> None:
     flusher = Flusher(mapping(tmp_path, delete_source_after_s=60))
     done = tmp_path / "shm" / "done.jsonl"
     partial = tmp_path / "shm" / "partial.jsonl"
@@ -146,14 +148,20 @@ def test_a_file_size_limit_fails_cleanly_and_the_copy_completes_once_lifted(tmp_
         "print(f.status.errors, f.status.pending_games, repr(f.status.last_error))\n"
     )
     limited = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path), "4096"], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, str(tmp_path), "4096"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     errors, pending, message = limited.stdout.split(" ", 2)
     assert int(errors) == 1 and int(pending) == 40 and "file size limit" in message
     target = tmp_path / "disk" / "a.jsonl"
     assert not target.exists() or target.read_bytes() == complete_prefix(target.read_bytes())
     ok = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path), str(resource.RLIM_INFINITY)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, str(tmp_path), str(resource.RLIM_INFINITY)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert ok.stdout.startswith("0 0 ")
     assert target.read_bytes() == source.read_bytes()
@@ -170,7 +178,9 @@ def ramdisk_daemon(short_tmp: Path) -> DaemonProcess:
     return DaemonProcess(short_tmp)
 
 
-def test_sigterm_mid_stream_flushes_every_line_complete_at_that_moment(ramdisk_daemon: DaemonProcess) -> None:
+def test_sigterm_mid_stream_flushes_every_line_complete_at_that_moment(
+    ramdisk_daemon: DaemonProcess,
+) -> None:
     daemon = ramdisk_daemon
     src = daemon.folder / "shm" / "selfplay"
     daemon.start()
@@ -179,7 +189,9 @@ def test_sigterm_mid_stream_flushes_every_line_complete_at_that_moment(ramdisk_d
         target=lambda: result.append(run_writers(src, writers=16, rate=0, duration=2.5, small=True))
     )
     writers.start()
-    daemon.wait_until(lambda s: s["ramdisk"][0]["flushed_games"] > 500 and len(list(src.rglob("*.jsonl"))) >= 16)
+    daemon.wait_until(
+        lambda s: s["ramdisk"][0]["flushed_games"] > 500 and len(list(src.rglob("*.jsonl"))) >= 16
+    )
     snapshot = {p: p.read_bytes() for p in src.rglob("*.jsonl")}
     assert daemon.stop(signal.SIGTERM) == 0
     writers.join(30)
@@ -193,7 +205,9 @@ def test_sigterm_mid_stream_flushes_every_line_complete_at_that_moment(ramdisk_d
     assert "final ramdisk flush" in daemon.log.read_text()
 
 
-def test_a_writer_killed_mid_line_its_games_are_flushed_and_the_tail_waits(ramdisk_daemon: DaemonProcess) -> None:
+def test_a_writer_killed_mid_line_its_games_are_flushed_and_the_tail_waits(
+    ramdisk_daemon: DaemonProcess,
+) -> None:
     daemon = ramdisk_daemon
     src = daemon.folder / "shm" / "selfplay"
     daemon.start()
@@ -212,15 +226,33 @@ def test_a_writer_killed_mid_line_its_games_are_flushed_and_the_tail_waits(ramdi
     assert daemon.status()["ramdisk"][0]["partial_bytes"] == 0
 
 
-def test_sigkill_at_random_moments_while_flushing_targets_end_byte_identical(ramdisk_daemon: DaemonProcess) -> None:
+def test_sigkill_at_random_moments_while_flushing_targets_end_byte_identical(
+    ramdisk_daemon: DaemonProcess,
+) -> None:
     daemon = ramdisk_daemon
     src = daemon.folder / "shm" / "selfplay"
     rng = random.Random(3)
     # Writers in a `ringd sim` process, stopped cleanly (SIGTERM) after the kills.
     sim = subprocess.Popen(
-        [sys.executable, "-m", "ringd.sim", str(src), "--writers", "4", "--rate", "400", "--duration", "120",
-         "--small", "--partial-every", "5", "--rotate-every", "40"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ringd.sim",
+            str(src),
+            "--writers",
+            "4",
+            "--rate",
+            "400",
+            "--duration",
+            "120",
+            "--small",
+            "--partial-every",
+            "5",
+            "--rotate-every",
+            "40",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         for _ in range(30):
@@ -238,7 +270,9 @@ def test_sigkill_at_random_moments_while_flushing_targets_end_byte_identical(ram
     assert not [p for p in (daemon.folder / "data").rglob("*.jsonl") if p.stat().st_size == 0]
 
 
-def test_a_deleted_source_tree_leaves_the_targets_untouched_and_is_reported(ramdisk_daemon: DaemonProcess) -> None:
+def test_a_deleted_source_tree_leaves_the_targets_untouched_and_is_reported(
+    ramdisk_daemon: DaemonProcess,
+) -> None:
     daemon = ramdisk_daemon
     src = daemon.folder / "shm" / "selfplay"
     daemon.start()
@@ -250,16 +284,22 @@ def test_a_deleted_source_tree_leaves_the_targets_untouched_and_is_reported(ramd
     status = daemon.wait_until(lambda s: not s["ramdisk"][0]["source_present"])
     assert target.read_bytes() == before and status["total_games"] == 5
     shown = subprocess.run(
-        [sys.executable, "-m", "ringd.cli", "status", "--socket", str(daemon.socket)], capture_output=True, text=True
+        [sys.executable, "-m", "ringd.cli", "status", "--socket", str(daemon.socket)],
+        capture_output=True,
+        text=True,
     )
     assert "source missing" in shown.stdout
     append(src / "gpu" / "a.jsonl", game_line("hex8", 2, 99))  # selfplay starts again
-    daemon.wait_until(lambda s: s["ramdisk"][0]["source_present"] and s["total_games"] == 6, timeout=30)
+    daemon.wait_until(
+        lambda s: s["ramdisk"][0]["source_present"] and s["total_games"] == 6, timeout=30
+    )
     assert target.read_bytes() == before  # the new source has other bytes: a new target
     assert (target.parent / "a.r1.jsonl").read_bytes() == game_line("hex8", 2, 99)
 
 
-def test_a_read_only_target_is_reported_retried_and_caught_up_once_writable(short_tmp: Path) -> None:
+def test_a_read_only_target_is_reported_retried_and_caught_up_once_writable(
+    short_tmp: Path,
+) -> None:
     (short_tmp / "data" / "selfplay" / "ramdisk").mkdir(parents=True)
     (short_tmp / "shm" / "selfplay").mkdir(parents=True)
     write_config(short_tmp, extra=RAMDISK)
@@ -272,14 +312,19 @@ def test_a_read_only_target_is_reported_retried_and_caught_up_once_writable(shor
     try:
         daemon.start()
         target_dir.chmod(0o555)
-        append(short_tmp / "shm" / "selfplay" / "a.jsonl", b"".join(game_line("square8", 2, i) for i in range(3)))
+        append(
+            short_tmp / "shm" / "selfplay" / "a.jsonl",
+            b"".join(game_line("square8", 2, i) for i in range(3)),
+        )
         status = daemon.wait_until(lambda s: bool(s["ramdisk"][0]["failing"]))
         m = status["ramdisk"][0]
         assert "permission denied" in m["last_error"] and m["pending_games"] == 3
         assert m["oldest_pending_age_s"] is not None
         assert list(target_dir.iterdir()) == []
         target_dir.chmod(0o755)
-        status = daemon.wait_until(lambda s: s["ramdisk"][0]["flushed_games"] == 3 and not s["ramdisk"][0]["failing"])
+        status = daemon.wait_until(
+            lambda s: s["ramdisk"][0]["flushed_games"] == 3 and not s["ramdisk"][0]["failing"]
+        )
         assert (target_dir / "a.jsonl").read_bytes().count(b"\n") == 3
         assert status["ramdisk"][0]["errors"] >= 1
         daemon.wait_until(lambda s: s["total_games"] == 3)
@@ -290,11 +335,16 @@ def test_a_read_only_target_is_reported_retried_and_caught_up_once_writable(shor
 
 def test_games_under_both_the_source_and_the_target_root_count_once(short_tmp: Path) -> None:
     (short_tmp / "data" / "selfplay").mkdir(parents=True)
-    write_config(short_tmp, extra="ramdisk:\n  - {source: data/selfplay/shm, target: data/selfplay/disk}\n")
+    write_config(
+        short_tmp, extra="ramdisk:\n  - {source: data/selfplay/shm, target: data/selfplay/disk}\n"
+    )
     daemon = DaemonProcess(short_tmp)
     try:
         daemon.start()
-        append(short_tmp / "data" / "selfplay" / "shm" / "a.jsonl", b"".join(game_line("hex8", 3, i) for i in range(7)))
+        append(
+            short_tmp / "data" / "selfplay" / "shm" / "a.jsonl",
+            b"".join(game_line("hex8", 3, i) for i in range(7)),
+        )
         daemon.wait_until(lambda s: s["ramdisk"][0]["flushed_games"] == 7)
         daemon.wait_until(lambda s: len(s["configs"]) and s["total_games"] == 7)
         assert (short_tmp / "data" / "selfplay" / "disk" / "a.jsonl").exists()

@@ -138,6 +138,7 @@ class Daemon:
             log.info("stopping")
             self.notifier.stopping()
             await self._final_flush()
+            self.bus.close()
             await self.control.stop()
             await self.ingest.close()
             self._reader.close()
@@ -302,7 +303,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         while not restart.is_set():
             await loop.run_in_executor(self._flush_executor, flusher.sweep)
-            self._report_flush_errors(flusher)
+            self._report_flushes(flusher)
             if not flusher.status.source_present:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(restart.wait(), mapping.sweep_interval_s)
@@ -324,7 +325,7 @@ class Daemon:
                         await loop.run_in_executor(self._flush_executor, flusher.flush, paths)
                     else:
                         await loop.run_in_executor(self._flush_executor, flusher.sweep)
-                    self._report_flush_errors(flusher)
+                    self._report_flushes(flusher)
                     if not os.path.isdir(mapping.source):
                         break  # wiped (reboot): sweep reports it, then wait for it
             except Exception as e:
@@ -335,7 +336,11 @@ class Daemon:
                 )
                 await asyncio.sleep(mapping.sweep_interval_s)
 
-    def _report_flush_errors(self, flusher: Flusher) -> None:
+    def _report_flushes(self, flusher: Flusher) -> None:
+        for source, target, end, at in flusher.drain_flushed():
+            self.bus.publish(
+                "ramdisk_flushed", source=source, target=target, end=end, fsynced_at=at
+            )
         for path, error in flusher.drain_transitions():
             if error is None:
                 log.info("ramdisk flush recovered", source=path)
@@ -362,7 +367,7 @@ class Daemon:
                 break
         await work
         for flusher in self.flushers:
-            self._report_flush_errors(flusher)
+            self._report_flushes(flusher)
             log.info(
                 "final ramdisk flush",
                 source=flusher.source,

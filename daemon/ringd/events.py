@@ -32,6 +32,13 @@ class EventBus:
 
     def __init__(self) -> None:
         self._followers: set[_Follower] = set()
+        self._closed = False
+
+    def close(self) -> None:
+        """End every follower's stream (shutdown): their `follow()` loops return."""
+        self._closed = True
+        for follower in self._followers:
+            follower.close()
 
     def publish(self, kind: str, **data: Any) -> None:
         event = Event(kind, data)
@@ -41,17 +48,19 @@ class EventBus:
     async def follow(self) -> AsyncIterator[Event]:
         """Events from now on, until the caller stops iterating."""
         follower = _Follower()
+        if self._closed:
+            return
         self._followers.add(follower)
         try:
-            while True:
-                yield await follower.get()
+            while (event := await follower.get()) is not None:
+                yield event
         finally:
             self._followers.discard(follower)
 
 
 class _Follower:
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_LIMIT)
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE_LIMIT)
         self._missed = 0
 
     def put(self, event: Event) -> None:
@@ -60,7 +69,12 @@ class _Follower:
         except asyncio.QueueFull:
             self._missed += 1
 
-    async def get(self) -> Event:
+    def close(self) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()  # room for the end marker; the follower is ending anyway
+        self._queue.put_nowait(None)
+
+    async def get(self) -> Event | None:
         if self._missed and self._queue.empty():
             missed, self._missed = self._missed, 0
             return Event("lagged", {"missed": missed})

@@ -79,6 +79,7 @@ class Flusher:
         self._pending_since: dict[str, float] = {}
         self._retry: dict[str, tuple[float, float]] = {}  # failing source -> (next try, delay)
         self._transitions: list[tuple[str, str | None]] = []
+        self._flushed: list[tuple[str, str, int, float]] = []  # source, target, end, when
         # Per source: (complete-line bytes not yet copied, their games, partial-line bytes).
         self._pending: dict[str, tuple[int, int, int]] = {}
         self.status = MappingStatus(self.source, self.target)
@@ -126,6 +127,11 @@ class Flusher:
                 self.status.flushed_bytes += nbytes
                 self.status.last_flush_at = time.time()
         self._total_pending()
+
+    def drain_flushed(self) -> list[tuple[str, str, int, float]]:
+        """Durable copies since the last call: (source, target, bytes now in target, when)."""
+        out, self._flushed = self._flushed, []
+        return out
 
     def drain_transitions(self) -> list[tuple[str, str | None]]:
         """Files that started failing (with the error) or recovered (None) since the last call."""
@@ -192,6 +198,7 @@ class Flusher:
             if end > target.length:
                 copied = _append(fd, target.path, target.length, end)
                 target.length = end
+                self._flushed.append((source, target.path, end, time.time()))
             target.source_ino, target.source_size = st.st_ino, st.st_size
             target.source_mtime_ns = st.st_mtime_ns
             self._targets[source] = target
