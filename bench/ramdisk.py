@@ -32,7 +32,6 @@ from pathlib import Path
 
 from _common import machine, table
 from _daemon import BenchDaemon
-
 from ringd import client
 from ringd.sim import CONFIGS, game_line, make_record
 
