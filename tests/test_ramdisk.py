@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -171,11 +172,13 @@ def test_a_file_size_limit_fails_cleanly_and_the_copy_completes_once_lifted(tmp_
 
 
 @pytest.fixture
-def ramdisk_daemon(short_tmp: Path) -> DaemonProcess:
+def ramdisk_daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
     (short_tmp / "data" / "selfplay").mkdir(parents=True)
     (short_tmp / "shm" / "selfplay").mkdir(parents=True)
     write_config(short_tmp, extra=RAMDISK)
-    return DaemonProcess(short_tmp)
+    daemon = DaemonProcess(short_tmp)
+    yield daemon
+    daemon.close()
 
 
 def test_sigterm_mid_stream_flushes_every_line_complete_at_that_moment(
