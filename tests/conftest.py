@@ -135,14 +135,17 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"daemon exited {self.proc.returncode}:\n{self.log.read_text()}"
-                )
-            self.notify.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
+            exited = self.proc.poll() is not None  # datagrams sent before exit still count
+            self.notify.settimeout(
+                0.01 if exited else min(0.5, max(0.01, deadline - time.monotonic()))
+            )
             try:
                 message = self.notify.recv(65536).decode()
             except TimeoutError:
+                if exited:
+                    raise AssertionError(
+                        f"daemon exited {self.proc.returncode} before {needle!r}:\n{self.log.read_text()}"
+                    ) from None
                 continue
             self.messages.append(message)
             lines = message.split("\n")

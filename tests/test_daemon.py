@@ -365,3 +365,26 @@ def test_sigterm_ends_event_streams_instead_of_waiting_for_them(daemon: DaemonPr
     assert time.monotonic() - started < 5
     reader.join(5)
     assert not reader.is_alive() and lines[0]["event"] == "hello"
+
+
+def test_metrics_over_tcp_listen_on_loopback_only(short_tmp: Path) -> None:
+    (short_tmp / "data" / "selfplay").mkdir(parents=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_config(short_tmp, extra=f"control:\n  metrics_listen: 127.0.0.1:{port}\n")
+    daemon = DaemonProcess(short_tmp)
+    try:
+        daemon.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            body = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+        assert "ringd_new_games" in body
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /v1/status HTTP/1.0\r\nHost: x\r\n\r\n")
+            assert b" 404 " in s.recv(65536).split(b"\r\n")[0] + b" "
+    finally:
+        daemon.close()
+    refused = write_config(short_tmp, extra="control:\n  metrics_listen: 0.0.0.0:9108\n")
+    result = ringd("check-config", str(refused))
+    assert result.returncode == 1 and "not a loopback address" in result.stderr

@@ -206,6 +206,9 @@ def test_sigterm_mid_stream_flushes_every_line_complete_at_that_moment(
         assert source.read_bytes().startswith(target)  # exactly once, nothing invented
         assert target.endswith(b"\n")  # no partial line
     assert "final ramdisk flush" in daemon.log.read_text()
+    assert any(
+        line.startswith("EXTEND_TIMEOUT_USEC=") for m in daemon.messages for line in m.split("\n")
+    ) or (daemon.wait_message("EXTEND_TIMEOUT_USEC=", prefix=True, timeout=1))
 
 
 def test_a_writer_killed_mid_line_its_games_are_flushed_and_the_tail_waits(

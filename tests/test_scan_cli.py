@@ -175,3 +175,32 @@ def test_the_ledger_migrates_old_schemas_and_refuses_newer_ones(tmp_path: Path) 
     db.close()
     with pytest.raises(LedgerError, match="newer ringd"):
         Ledger(path)
+
+
+def test_a_long_first_scan_shows_a_progress_bar_on_a_terminal(tree: Path) -> None:
+    import pty
+
+    from ringd.sim import write_corpus
+
+    write_corpus(tree / "data" / "selfplay", 20, 120, seed=1)  # > 32 MB: worth a bar
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ringd.cli", "scan", "--config", str(tree / "ringd.yaml")],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert proc.wait(60) == 0
+    assert b"indexing 20 files" in out and b"MB" in out
