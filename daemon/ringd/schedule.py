@@ -66,7 +66,7 @@ def backoff_until(view: ConfigView, policy: Policy) -> float | None:
     """When a failing config may start again (None: it is not failing)."""
     if view.failures <= 0 or view.last_failure is None:
         return None
-    delay = min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** (view.failures - 1))
+    delay: float = min(policy.backoff_cap_s, policy.backoff_base_s * 2.0 ** (view.failures - 1))
     return view.last_failure + delay
 
 
@@ -97,13 +97,8 @@ def decide(
             decision.backoff_until[view.name] = until
         state = _state(view, policy, now, view.name in busy_configs, until)
         decision.states[view.name] = state
-        if not policy.enabled:
-            continue
-        if state == "ready" or (
-            view.triggered and state in ("idle", "backoff") and view.new_games > 0
-        ):
-            if view.triggered or _interval_passed(view, policy, now):
-                candidates.append(view)
+        if policy.enabled and _may_start(view, state, policy, now):
+            candidates.append(view)
 
     candidates.sort(key=lambda v: _priority(v, now))
     free = [s for s in slots if s not in busy_slots]
@@ -128,8 +123,11 @@ def _state(
     return "idle"
 
 
-def _interval_passed(view: ConfigView, policy: Policy, now: float) -> bool:
-    return view.last_start is None or now - view.last_start >= policy.min_interval_s
+def _may_start(view: ConfigView, state: ConfigStateName, policy: Policy, now: float) -> bool:
+    if view.triggered:
+        return state in ("idle", "ready", "backoff") and view.new_games > 0
+    interval_passed = view.last_start is None or now - view.last_start >= policy.min_interval_s
+    return state == "ready" and interval_passed
 
 
 def _priority(view: ConfigView, now: float) -> tuple[bool, float, float, str]:
