@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,7 +64,7 @@ def write_config(folder: Path, extra: str = "", configs: str | None = None) -> P
     if configs is None:
         configs = "  square8_2p: {threshold: 10}\n  hex8_2p: {threshold: 5}\n  hexagonal_2p: {threshold: 5}\n"
     path.write_text(
-        "state_dir: var\nwatch:\n  roots: [data/selfplay]\ntraining:\n  devices: cpu\n"
+        "state_dir: var\nwatch:\n  roots: [data/selfplay]\ntraining:\n  enabled: false\n  devices: cpu\n"
         + extra
         + "configs:\n"
         + configs
@@ -98,6 +99,12 @@ class DaemonProcess:
         self.notify_path.unlink(missing_ok=True)
         self.notify.bind(str(self.notify_path))
         self.messages: list[str] = []
+        # Read every datagram at once, as systemd does: a full queue would make
+        # the daemon drop messages (it never blocks on them).
+        self._arrived = threading.Condition()
+        self._seen = 0
+        self._closed = False
+        threading.Thread(target=self._receive, daemon=True).start()
         self._env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.prefix: list[str] = []  # e.g. setpriv, to run it with fewer privileges
@@ -127,33 +134,43 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def wait_message(self, needle: str, timeout: float = 30.0, *, prefix: bool = False) -> str:
-        """The next notify datagram with a line `needle` (or starting with it, with `prefix`).
-
-        Earlier datagrams are kept in .messages.
-        """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            exited = self.proc.poll() is not None  # datagrams sent before exit still count
-            self.notify.settimeout(
-                0.01 if exited else min(0.5, max(0.01, deadline - time.monotonic()))
-            )
+    def _receive(self) -> None:
+        self.notify.settimeout(0.2)
+        while not self._closed:
             try:
                 message = self.notify.recv(65536).decode()
             except TimeoutError:
-                if exited:
-                    raise AssertionError(
-                        f"daemon exited {self.proc.returncode} before {needle!r}:\n{self.log.read_text()}"
-                    ) from None
                 continue
-            self.messages.append(message)
-            lines = message.split("\n")
-            if needle in lines or (prefix and any(line.startswith(needle) for line in lines)):
-                return message
-        raise AssertionError(
-            f"no {needle!r} within {timeout}s; got {self.messages}\n{self.log.read_text()}"
-        )
+            except OSError:
+                return
+            with self._arrived:
+                self.messages.append(message)
+                self._arrived.notify_all()
+
+    def wait_message(self, needle: str, timeout: float = 30.0, *, prefix: bool = False) -> str:
+        """The next notify datagram with a line `needle` (or starting with it, with `prefix`).
+
+        "Next": after the one the previous call returned. All are kept in .messages.
+        """
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                for i in range(self._seen, len(self.messages)):
+                    lines = self.messages[i].split("\n")
+                    if needle in lines or (
+                        prefix and any(line.startswith(needle) for line in lines)
+                    ):
+                        self._seen = i + 1
+                        return self.messages[i]
+                assert self.proc is not None
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._arrived.wait(0.2)):
+                    state = "exited" if self.proc.poll() is not None else "running"
+                    raise AssertionError(
+                        f"no {needle!r} within {timeout}s (daemon {state}); got {self.messages}\n"
+                        f"{self.log.read_text()}"
+                    )
+                self._arrived.wait(min(left, 0.5))
 
     def status(self) -> dict[str, Any]:
         from ringd.client import get_json
@@ -188,6 +205,7 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._closed = True
         self.notify.close()
 
 

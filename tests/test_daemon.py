@@ -82,10 +82,13 @@ def test_a_threshold_edit_applies_within_two_seconds(daemon: DaemonProcess) -> N
     daemon.wait_until(lambda s: total(s) == 6)
     assert daemon.configs()["square8_2p"]["state"] == "idle"
     write_config(daemon.folder, configs="  square8_2p: {threshold: 4}\n")
-    status = daemon.wait_until(
-        lambda s: {c["name"]: c for c in s["configs"]}["square8_2p"]["threshold"] == 4, timeout=2.0
+    daemon.wait_until(
+        lambda s: (
+            [(c["threshold"], c["state"]) for c in s["configs"] if c["name"] == "square8_2p"]
+            == [(4, "ready")]
+        ),
+        timeout=2.0,
     )
-    assert {c["name"]: c for c in status["configs"]}["square8_2p"]["state"] == "ready"
 
 
 def test_an_invalid_edit_changes_nothing_until_a_valid_one_arrives(daemon: DaemonProcess) -> None:
@@ -149,7 +152,7 @@ def test_sighup_rereads_the_config_and_notify_messages_come_in_order(short_tmp: 
     daemon = DaemonProcess(short_tmp, env={"WATCHDOG_USEC": "200000"})
     try:
         daemon.start()
-        ready = daemon.messages[-1].split("\n")
+        ready = next(m for m in daemon.messages if "READY=1" in m.split("\n")).split("\n")
         assert "READY=1" in ready and any(
             line.startswith("STATUS=") and "+0/10" in line for line in ready
         )
@@ -388,3 +391,30 @@ def test_metrics_over_tcp_listen_on_loopback_only(short_tmp: Path) -> None:
     refused = write_config(short_tmp, extra="control:\n  metrics_listen: 0.0.0.0:9108\n")
     result = ringd("check-config", str(refused))
     assert result.returncode == 1 and "not a loopback address" in result.stderr
+
+
+def test_a_stalled_notify_reader_never_blocks_the_daemon(short_tmp: Path) -> None:
+    (short_tmp / "data" / "selfplay").mkdir(parents=True)
+    config = write_config(short_tmp)
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stalled.bind(str(short_tmp / "stalled.sock"))  # bound, never read: its queue fills
+    env = {**os.environ, "NOTIFY_SOCKET": str(short_tmp / "stalled.sock"), "WATCHDOG_USEC": "20000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ringd.cli", "run", "--config", str(config)], env=env
+    )
+    try:
+        sock = short_tmp / "var" / "ringd.sock"
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # 25 watchdog pings: far more than the queue holds
+        append(short_tmp / "data" / "selfplay" / "a.jsonl", game_line("square8", 2, 1))
+        deadline = time.monotonic() + 10
+        while json.loads(_raw_get(sock, "/v1/status").split("\r\n\r\n", 1)[1])["total_games"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        stalled.close()

@@ -105,7 +105,7 @@ def test_jobs_on_slots_that_are_gone_are_cancelled() -> None:
 
 def test_training_disabled_counts_but_never_starts() -> None:
     d = decide([view("a", 900, triggered=True)], [], ["s"], Policy(enabled=False), NOW)
-    assert d.start == [] and d.states["a"] == "idle"
+    assert d.start == [] and d.states["a"] == "ready"
 
 
 configs_strategy = st.lists(

@@ -12,26 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import structlog
 import watchfiles
 
 from ringd import __version__
-from ringd.control import ControlServer
+from ringd.control import ControlServer, OperatorError
 from ringd.events import EventBus
 from ringd.ingest import Ingest
+from ringd.jobs import JobRunner, detect_slots
+from ringd.jobs import RunningJob as RunningJobHandle
 from ringd.ledger import Ledger
 from ringd.metrics import Metrics
 from ringd.notify import Notifier, watchdog_interval
 from ringd.ramdisk import Flusher
-from ringd.settings import ConfigError, Settings, load_settings
-from ringd.status import RamdiskStatus, Status, build_status, status_line
+from ringd.schedule import ConfigView, Decision, Policy, RunningJob, decide
+from ringd.settings import ConfigError, Settings, load_settings, split_config_name
+from ringd.status import JobProgress, RamdiskStatus, Scheduling, Status, build_status, status_line
 from ringd.watch import SUFFIX
 
 log = structlog.get_logger("ringd")
@@ -40,6 +45,7 @@ RATE_WINDOW_S = 60.0
 ROOT_POLL_S = 1.0
 OBSERVER_BACKOFF_MAX_S = 30.0
 FINAL_FLUSH_EXTEND_S = 20.0
+SCHEDULE_EVERY_S = 1.0
 # Parts of the configuration bound at start: changing them needs a restart.
 RESTART_KEYS = ("state_dir", "control")
 
@@ -59,9 +65,15 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self._reader = Ledger(settings.ledger_path)  # status queries, beside the writer
         self.ingest = Ingest(settings.ledger_path, self.bus, self.metrics)
+        self.slots = detect_slots(settings.training.devices)
+        self._reschedule = asyncio.Event()
+        self.runner = JobRunner(settings, self.bus, on_finish=self._reschedule.set)
+        self._triggers: set[str] = set()
+        self._decision = Decision()
+        self._ready_since: dict[str, float] = {}
         self.control = ControlServer(
             settings.socket_path,
-            self.status,
+            self,
             self.bus,
             self.metrics,
             settings.control.metrics_address,
@@ -87,12 +99,14 @@ class Daemon:
             config_file=str(self.config_path),
             rates=self._rates(),
             ramdisk=[_ramdisk_status(f) for f in self.flushers],
+            scheduling=self._scheduling(),
             daemon={
                 "pid": os.getpid(),
                 "version": __version__,
                 "started_at": self.started_at,
                 "ready": self._ready,
                 "roots": [str(r) for r in self.settings.watch.roots],
+                "slots": [slot.name for slot in self.slots],
             },
         )
 
@@ -130,6 +144,7 @@ class Daemon:
                 tg.create_task(self._watchdog())
                 tg.create_task(self._follow_events())
                 tg.create_task(self._ramdisk())
+                tg.create_task(self._schedule())
                 await self._stop.wait()
                 raise _Shutdown
         except* _Shutdown:
@@ -137,10 +152,11 @@ class Daemon:
         finally:
             log.info("stopping")
             self.notifier.stopping()
-            await self._final_flush()
+            await asyncio.gather(self.runner.stop_all(), self._final_flush())
             self.bus.close()
             await self.control.stop()
             await self.ingest.close()
+            await self.runner.close()
             self._reader.close()
             self.notifier.close()
         log.info("stopped")
@@ -150,6 +166,10 @@ class Daemon:
 
     async def _reconcile(self) -> None:
         await self._scan_roots("start")
+        # Jobs a dead daemon left running are recorded interrupted, and the first
+        # decision is made, before READY: status is whole from the first answer.
+        await self.runner.recover()
+        await self._schedule_once()
         self._ready = True
         status = self.status()
         self.notifier.ready(status_line(status))
@@ -281,6 +301,7 @@ class Daemon:
             self._rescan.set()
         if old.ramdisk != new.ramdisk:
             self._ramdisk_restart.set()
+        self._reschedule.set()
         log.info("config reloaded", reason=reason)
         self.bus.publish("config_reloaded", reason=reason)
         self.notifier.ready(status_line(self.status()))
@@ -375,6 +396,129 @@ class Daemon:
             )
         self._flush_executor.shutdown(wait=True)
 
+    # -- scheduling -------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        """Decide and start jobs: on new games, job ends, operator actions, and every second."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reschedule.wait(), SCHEDULE_EVERY_S)
+            self._reschedule.clear()
+            if self._ready:
+                await self._schedule_once()
+
+    async def _schedule_once(self) -> None:
+        training = self.settings.training
+        policy = Policy(
+            enabled=training.enabled,
+            min_interval_s=training.min_interval_s,
+            backoff_base_s=training.backoff_base_s,
+            backoff_cap_s=training.backoff_cap_s,
+        )
+        now = time.time()
+        decision = decide(self._views(), self._running(), [s.name for s in self.slots], policy, now)
+        self._decision = decision
+        for job_id in decision.cancel:
+            self.runner.cancel(job_id, "its configuration was removed")
+        slots = {slot.name: slot for slot in self.slots}
+        for config, slot_name in decision.start:
+            triggered = config in self._triggers
+            self._triggers.discard(config)
+            job = await self.runner.start(config, slots[slot_name], triggered)
+            if job is not None:
+                self.metrics.queue_wait.observe(now - self._ready_since.pop(config, now))
+        for config, state in decision.states.items():
+            if state == "ready":
+                self._ready_since.setdefault(config, now)
+
+    def _views(self) -> list[ConfigView]:
+        counts = {c.name: c for c in self._reader.config_counts()}
+        paused = self._reader.paused()
+        history = self._reader.job_history()
+        views = []
+        for name in sorted(set(counts) | set(self.settings.configs)):
+            h = history.get(name)
+            views.append(
+                ConfigView(
+                    name,
+                    counts[name].new if name in counts else 0,
+                    self.settings.threshold(name),
+                    paused=name in paused,
+                    triggered=name in self._triggers,
+                    last_start=h.last_start if h else None,
+                    last_success=h.last_success if h else None,
+                    failures=h.failures if h else 0,
+                    last_failure=h.last_failure if h else None,
+                )
+            )
+        return views
+
+    def _running(self) -> list[RunningJob]:
+        return [
+            RunningJob(j.job.id, j.job.config, j.slot.name) for j in self.runner.running.values()
+        ]
+
+    def _scheduling(self) -> dict[str, Scheduling]:
+        history = self._reader.job_history()
+        running = {j.job.config: j for j in self.runner.running.values()}
+        out = {}
+        for config, state in self._decision.states.items():
+            job = running.get(config)
+            h = history.get(config)
+            out[config] = Scheduling(
+                state="training" if job else state,
+                job=_job_progress(job) if job else None,
+                backoff_until=self._decision.backoff_until.get(config),
+                last_error=h.last_error if h and h.failures else None,
+            )
+        for config, job in running.items():
+            out.setdefault(config, Scheduling("training", _job_progress(job)))
+        return out
+
+    # -- operator actions (control socket) ------------------------------------------------
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        rows = await self.runner.jobs()
+        live = {job_id: j.progress for job_id, j in self.runner.running.items()}
+        return [{**dataclasses.asdict(r), "progress": live.get(r.id, r.progress)} for r in rows]
+
+    def job_log(self, job_id: str) -> Path:
+        path = self.settings.state_dir / "jobs" / job_id / "job.log"
+        if "/" in job_id or job_id.startswith(".") or not path.is_file():
+            raise OperatorError(404, f"no job {job_id!r} (see `ringd jobs`)")
+        return path
+
+    async def trigger(self, config: str) -> str:
+        view = next((v for v in self._views() if v.name == config), None)
+        if view is None or view.threshold is None:
+            raise OperatorError(
+                404, f"{config} is not a configured configuration (see `ringd status`)"
+            )
+        if view.paused:
+            raise OperatorError(409, f"{config} is paused: `ringd resume {config}` first")
+        if not self.settings.training.enabled:
+            raise OperatorError(409, "training is disabled (training.enabled: false)")
+        if view.new_games == 0:
+            raise OperatorError(409, f"{config} has no new games to train on")
+        if any(j.job.config == config for j in self.runner.running.values()):
+            raise OperatorError(409, f"{config} is training already")
+        self._triggers.add(config)
+        self._reschedule.set()
+        log.info("training triggered by an operator", config=config, new_games=view.new_games)
+        return f"{config}: training starts as soon as a slot is free ({view.new_games} new games)"
+
+    async def pause(self, config: str, paused: bool) -> str:
+        if split_config_name(config) is None:
+            raise OperatorError(400, f"{config!r} is not a configuration name ({{board}}_{{n}}p)")
+        await self.runner.set_paused(config, paused)
+        self._triggers.discard(config)
+        self._reschedule.set()
+        log.info("paused" if paused else "resumed", config=config)
+        if paused:
+            running = any(j.job.config == config for j in self.runner.running.values())
+            return f"{config} paused" + ("; its running job finishes first" if running else "")
+        return f"{config} resumed"
+
     async def _watchdog(self) -> None:
         interval = watchdog_interval()
         if interval is None:
@@ -386,11 +530,38 @@ class Daemon:
     async def _follow_events(self) -> None:
         last_status = 0.0
         async for event in self.bus.follow():
+            if event.kind == "job_finished":
+                config, state = event.data["config"], event.data["state"]
+                self.metrics.jobs.labels(config, state).inc()
+                self.metrics.training_duration.labels(config, state).observe(event.data["seconds"])
             if event.kind == "games":
+                self._reschedule.set()
                 self._recent.append((event.at, event.data["config"], event.data["count"]))
                 if self._ready and event.at - last_status >= 1.0:
                     last_status = event.at
                     self.notifier.status(status_line(self.status()))
+
+
+def _job_progress(running: RunningJobHandle) -> JobProgress:
+    p = running.progress
+
+    def number(key: str) -> Any:
+        value = p.get(key)
+        return value if isinstance(value, int | float) else None
+
+    return JobProgress(
+        id=running.job.id,
+        slot=running.slot.name,
+        started_at=running.started,
+        first_seq=running.job.first_seq,
+        last_seq=running.job.last_seq,
+        games=running.job.games,
+        step=number("step"),
+        total_steps=number("total_steps"),
+        loss=number("loss"),
+        samples_per_s=number("samples_per_s"),
+        eta_s=number("eta_s"),
+    )
 
 
 def _ramdisk_status(flusher: Flusher) -> RamdiskStatus:

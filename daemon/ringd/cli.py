@@ -24,7 +24,7 @@ from rich.progress import (
 from ringd import __version__, client
 from ringd.ledger import Ledger, LedgerError
 from ringd.settings import ConfigError, Settings, load_settings
-from ringd.status import Status, build_status, view
+from ringd.status import Status, build_status, jobs_view, view
 from ringd.watch import Plan, scan
 
 DEFAULT_CONFIG = "/etc/ringd/ringd.yaml"
@@ -101,6 +101,32 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_events)
 
     p = sub.add_parser(
+        "jobs",
+        help="recent training jobs: state, progress, duration, checkpoint",
+    )
+    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--socket", type=Path, help=socket_help)
+    p.add_argument("--json", action="store_true", help="print the jobs as JSON")
+    p.set_defaults(handler=_cmd_jobs)
+
+    for name, text in (
+        ("trigger", "train CONFIG now, even below its threshold (when a slot is free)"),
+        ("pause", "start no training job for CONFIG until resumed (survives restarts)"),
+        ("resume", "let CONFIG train again"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("name", metavar="CONFIG", help="a configuration, e.g. square8_2p")
+        p.add_argument("--config", type=Path, help=config_help)
+        p.add_argument("--socket", type=Path, help=socket_help)
+        p.set_defaults(handler=_cmd_config_action, action=name)
+
+    p = sub.add_parser("logs", help="print a training job's log (the trainer's stderr)")
+    p.add_argument("job", metavar="JOB", help="a job id from `ringd jobs`")
+    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--socket", type=Path, help=socket_help)
+    p.set_defaults(handler=_cmd_logs)
+
+    p = sub.add_parser(
         "scan",
         help="index every new game now, without a daemon, and print the status",
         description=(
@@ -164,6 +190,11 @@ def _config_path(arg: Path | None) -> Path:
     return arg or Path(os.environ.get("RINGD_CONFIG", DEFAULT_CONFIG))
 
 
+def _stdout() -> Console:
+    # Piped output keeps whole lines (for grep and scripts); a terminal gets its width.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
 def _err(message: str) -> None:
     Console(stderr=True, highlight=False).print(f"[bold red]ringd:[/] {message}", soft_wrap=True)
 
@@ -206,7 +237,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     path = _socket_path(args)
     if path is None:
         return EXIT_UNAVAILABLE
-    console = Console(highlight=False)
+    console = _stdout()
     try:
         if args.json:
             print(json.dumps(client.get_json(path, "/v1/status"), indent=2))
@@ -222,6 +253,50 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _err(f"{e}; is the daemon running? (systemctl status ringd, or ringd run --config FILE)")
         return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+def _with_daemon(args: argparse.Namespace, action: Callable[[Path], int]) -> int:
+    path = _socket_path(args)
+    if path is None:
+        return EXIT_UNAVAILABLE
+    try:
+        return action(path)
+    except client.DaemonUnavailable as e:
+        _err(f"{e}; is the daemon running? (systemctl status ringd, or ringd run --config FILE)")
+        return EXIT_UNAVAILABLE
+    except client.Refused as e:
+        _err(str(e))
+        return EXIT_ERROR
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    def show(path: Path) -> int:
+        jobs = client.get_json(path, "/v1/jobs")["jobs"]
+        if args.json:
+            print(json.dumps(jobs, indent=2))
+            return EXIT_OK
+        _stdout().print(jobs_view(jobs))
+        return EXIT_OK
+
+    return _with_daemon(args, show)
+
+
+def _cmd_config_action(args: argparse.Namespace) -> int:
+    def act(path: Path) -> int:
+        print(client.post_json(path, f"/v1/configs/{args.name}/{args.action}")["message"])
+        return EXIT_OK
+
+    return _with_daemon(args, act)
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    def show(path: Path) -> int:
+        sys.stdout.write(
+            client.get(path, f"/v1/jobs/{args.job}/log", timeout=30).decode(errors="replace")
+        )
+        return EXIT_OK
+
+    return _with_daemon(args, show)
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
@@ -275,7 +350,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if args.json:
         print(status.model_dump_json(indent=2))
     else:
-        Console(highlight=False).print(view(status))
+        _stdout().print(view(status))
         stderr.print(
             f"[dim]scanned {report.files:,} files in {report.seconds:.2f}s: read "
             f"{report.bytes_read / 1e6:,.1f} MB from {report.files_read:,}, "

@@ -41,13 +41,29 @@ def _request(path: Path, method: str, url: str, timeout: float) -> http.client.H
         raise DaemonUnavailable(f"no ringd answers at {path} ({e})") from None
 
 
+class Refused(Exception):
+    """The daemon answered, and said no (the message says why)."""
+
+
 def get(path: Path, url: str, timeout: float = 5.0) -> bytes:
     """GET a document from the daemon."""
-    response = _request(path, "GET", url, timeout)
+    return _body(_request(path, "GET", url, timeout), url)
+
+
+def post_json(path: Path, url: str, timeout: float = 10.0) -> Any:
+    """POST an operator's action; its JSON answer, or Refused with the daemon's reason."""
+    return json.loads(_body(_request(path, "POST", url, timeout), url))
+
+
+def _body(response: http.client.HTTPResponse, url: str) -> bytes:
     body = response.read()
-    if response.status != 200:
-        raise DaemonUnavailable(f"{url}: HTTP {response.status}: {body[:200]!r}")
-    return body
+    if response.status == 200:
+        return body
+    try:
+        message = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = f"{url}: HTTP {response.status}: {body[:200]!r}"
+    raise Refused(message)
 
 
 def get_json(path: Path, url: str, timeout: float = 5.0) -> Any:

@@ -4,6 +4,11 @@
     GET /v1/status    the status JSON (DESIGN.md), plus last game times and ingest rates
     GET /v1/events    JSON lines, one per event, as they happen
     GET /metrics      Prometheus text
+    GET /v1/jobs      recent training jobs, newest first
+    GET /v1/jobs/ID/log                the job's log (stderr of the trainer)
+    POST /v1/configs/NAME/trigger      train NAME now, below its threshold too
+    POST /v1/configs/NAME/pause        start no job for NAME until resumed (survives restarts)
+    POST /v1/configs/NAME/resume
 
 `curl --unix-socket state/ringd.sock http://ringd/v1/status` works against all of it.
 """
@@ -15,8 +20,8 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -35,17 +40,35 @@ class ControlError(Exception):
     """The control socket cannot be served (another daemon answers, path too long, ...)."""
 
 
+class OperatorError(Exception):
+    """An operator's request that cannot be done as asked (shown to them as is)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Operations(Protocol):
+    """What the daemon lets operators do through the socket."""
+
+    def status(self) -> Status: ...
+    async def jobs(self) -> list[dict[str, Any]]: ...
+    def job_log(self, job_id: str) -> Path: ...
+    async def trigger(self, config: str) -> str: ...
+    async def pause(self, config: str, paused: bool) -> str: ...
+
+
 class ControlServer:
     def __init__(
         self,
         socket_path: Path,
-        status: Callable[[], Status],
+        operations: Operations,
         bus: EventBus,
         metrics: Metrics,
         metrics_tcp: tuple[str, int] | None = None,
     ) -> None:
         self._socket_path = socket_path
-        self._status = status
+        self._ops = operations
         self._bus = bus
         self._metrics = metrics
         self._metrics_tcp = metrics_tcp
@@ -57,6 +80,11 @@ class ControlServer:
         app.router.add_get("/v1/status", self._get_status)
         app.router.add_get("/v1/events", self._events)
         app.router.add_get("/metrics", self._get_metrics)
+        app.router.add_get("/v1/jobs", self._get_jobs)
+        app.router.add_get("/v1/jobs/{job}/log", self._get_job_log)
+        app.router.add_post(
+            "/v1/configs/{config}/{action:trigger|pause|resume}", self._config_action
+        )
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         if len(os.fsencode(self._socket_path)) > MAX_SOCKET_PATH:
@@ -91,7 +119,30 @@ class ControlServer:
         return web.Response(text="ok\n")
 
     async def _get_status(self, request: web.Request) -> web.Response:
-        return web.Response(text=self._status().model_dump_json(), content_type="application/json")
+        return web.Response(
+            text=self._ops.status().model_dump_json(), content_type="application/json"
+        )
+
+    async def _get_jobs(self, request: web.Request) -> web.Response:
+        return web.json_response({"jobs": await self._ops.jobs()})
+
+    async def _get_job_log(self, request: web.Request) -> web.StreamResponse:
+        try:
+            path = self._ops.job_log(request.match_info["job"])
+        except OperatorError as e:
+            return web.json_response({"error": str(e)}, status=e.status)
+        return web.FileResponse(path, headers={"Content-Type": "text/plain; charset=utf-8"})
+
+    async def _config_action(self, request: web.Request) -> web.Response:
+        config, action = request.match_info["config"], request.match_info["action"]
+        try:
+            if action == "trigger":
+                message = await self._ops.trigger(config)
+            else:
+                message = await self._ops.pause(config, action == "pause")
+        except OperatorError as e:
+            return web.json_response({"error": str(e)}, status=e.status)
+        return web.json_response({"ok": True, "message": message})
 
     async def _get_metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")

@@ -8,11 +8,13 @@ without the games it covers, and a game is never counted twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Each entry migrates the schema from version i to i + 1; append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -62,6 +64,31 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (file_id, offset, length, reason)
     );
     CREATE INDEX rejects_by_reason ON rejects(reason);
+    """,
+    # 2: training jobs, and operators' pauses (they survive restarts).
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        config TEXT NOT NULL,
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        games INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        slot TEXT,
+        triggered INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        exit_code INTEGER,
+        error TEXT,
+        checkpoint TEXT,
+        checkpoint_sha256 TEXT,
+        progress TEXT,
+        UNIQUE (config, first_seq, last_seq)
+    );
+    CREATE INDEX jobs_by_config ON jobs(config, created);
+    ALTER TABLE configs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -146,6 +173,55 @@ class Span:
     path: str
     offset: int
     length: int
+
+
+JobState = str  # queued | running | succeeded | failed | interrupted
+FINISHED_STATES = ("succeeded", "failed", "interrupted")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: str
+    config: str
+    first_seq: int
+    last_seq: int
+    games: int
+    state: JobState
+    attempts: int
+    slot: str | None
+    triggered: bool
+    created: float
+    started: float | None
+    finished: float | None
+    exit_code: int | None
+    error: str | None
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    progress: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobHistory:
+    """What the scheduler needs of a config's past jobs."""
+
+    last_start: float | None
+    last_success: float | None
+    failures: int  # consecutive, since the last success
+    last_failure: float | None
+    last_error: str | None
+
+
+_JOB_COLUMNS = (
+    "id, config, first_seq, last_seq, games, state, attempts, slot, triggered, created, started, "
+    "finished, exit_code, error, checkpoint, checkpoint_sha256, progress"
+)
+
+
+def _job(row: tuple[Any, ...]) -> JobRow:
+    values = list(row)
+    values[8] = bool(values[8])
+    values[16] = json.loads(values[16]) if values[16] else None
+    return JobRow(*values)
 
 
 class Ledger:
@@ -359,25 +435,190 @@ class Ledger:
     def game_keys(self) -> set[bytes]:
         return {r[0] for r in self._db.execute("SELECT key FROM games")}
 
-    def spans(self, config: str, after_seq: int = 0, limit: int | None = None) -> list[Span]:
-        """Games of a config above a sequence number, oldest first."""
+    def max_seq(self, config: str) -> int:
+        """The highest sequence number of a config's games (0 with none)."""
+        row = self._db.execute(
+            "SELECT MAX(g.seq) FROM games g JOIN configs c ON c.id = g.config_id WHERE c.name = ?",
+            (config,),
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def total(self, config: str) -> int:
+        """Games counted for a config."""
+        row = self._db.execute("SELECT total FROM configs WHERE name = ?", (config,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def trained_through(self, config: str) -> int:
+        row = self._db.execute(
+            "SELECT trained_through FROM configs WHERE name = ?", (config,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def window(self, config: str, last_seq: int, count: int) -> list[Span]:
+        """The `count` most recent games of a config up to `last_seq`, oldest first."""
         rows = self._db.execute(
             "SELECT g.seq, g.key, f.path, g.offset, g.length FROM games g "
             "JOIN files f ON f.id = g.file_id JOIN configs c ON c.id = g.config_id "
-            "WHERE c.name = ? AND g.seq > ? ORDER BY g.seq LIMIT ?",
-            (config, after_seq, -1 if limit is None else limit),
+            "WHERE c.name = ? AND g.seq <= ? ORDER BY g.seq DESC LIMIT ?",
+            (config, last_seq, count),
         ).fetchall()
-        return [Span(*r) for r in rows]
+        return [Span(*r) for r in reversed(rows)]
 
-    def set_trained_through(self, config: str, seq: int) -> None:
-        """Move a config's watermark (only a successful training does this)."""
+    def count_between(self, config: str, first_seq: int, last_seq: int) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM games g JOIN configs c ON c.id = g.config_id "
+            "WHERE c.name = ? AND g.seq BETWEEN ? AND ?",
+            (config, first_seq, last_seq),
+        ).fetchone()
+        return int(row[0])
+
+    # -- pauses ---------------------------------------------------------------------------
+
+    def set_paused(self, config: str, paused: bool) -> None:
         with self._transaction():
-            config_id = self._config_id(config)
+            self._config_id(config)
+            self._db.execute("UPDATE configs SET paused = ? WHERE name = ?", (int(paused), config))
+
+    def paused(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT name FROM configs WHERE paused = 1")}
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def create_job(
+        self, job_id: str, config: str, first_seq: int, last_seq: int, games: int, triggered: bool
+    ) -> JobRow:
+        """A queued job for a config's sequence range; the same range reuses its row."""
+        with self._transaction():
             self._db.execute(
-                "UPDATE configs SET trained_through = ?, trained_count = "
-                "(SELECT COUNT(*) FROM games WHERE config_id = ? AND seq <= ?) WHERE id = ?",
-                (seq, config_id, seq, config_id),
+                "INSERT INTO jobs (id, config, first_seq, last_seq, games, state, triggered, created) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?) ON CONFLICT (config, first_seq, last_seq) "
+                "DO UPDATE SET state = CASE WHEN state = 'succeeded' THEN state ELSE 'queued' END, "
+                "triggered = excluded.triggered",
+                (job_id, config, first_seq, last_seq, games, int(triggered), time.time()),
             )
+        job = self.job_for_range(config, first_seq, last_seq)
+        assert job is not None
+        return job
+
+    def job_for_range(self, config: str, first_seq: int, last_seq: int) -> JobRow | None:
+        row = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE config = ? AND first_seq = ? AND last_seq = ?",
+            (config, first_seq, last_seq),
+        ).fetchone()
+        return _job(row) if row else None
+
+    def job(self, job_id: str) -> JobRow | None:
+        row = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return _job(row) if row else None
+
+    def jobs(self, limit: int = 50, config: str | None = None) -> list[JobRow]:
+        """Recent jobs, newest first."""
+        where, args = ("WHERE config = ?", (config,)) if config else ("", ())
+        rows = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY created DESC, id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [_job(r) for r in rows]
+
+    def job_started(self, job_id: str, slot: str) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE jobs SET state = 'running', slot = ?, started = ?, attempts = attempts + 1, "
+                "exit_code = NULL, error = NULL, finished = NULL WHERE id = ?",
+                (slot, time.time(), job_id),
+            )
+
+    def job_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id)
+            )
+
+    def finish_job(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        checkpoint: str | None = None,
+        checkpoint_sha256: str | None = None,
+    ) -> None:
+        """Record a job's end; success also moves the config's watermark, in the same transaction."""
+        assert state in FINISHED_STATES
+        with self._transaction():
+            self._db.execute(
+                "UPDATE jobs SET state = ?, finished = ?, exit_code = ?, error = ?, "
+                "checkpoint = COALESCE(?, checkpoint), checkpoint_sha256 = COALESCE(?, checkpoint_sha256) "
+                "WHERE id = ?",
+                (state, time.time(), exit_code, error, checkpoint, checkpoint_sha256, job_id),
+            )
+            if state == "succeeded":
+                config, last_seq = self._db.execute(
+                    "SELECT config, last_seq FROM jobs WHERE id = ?", (job_id,)
+                ).fetchone()
+                config_id = self._config_id(config)
+                # Only forward: a late success of an older range never moves it back.
+                self._db.execute(
+                    "UPDATE configs SET trained_through = ?, trained_count = "
+                    "(SELECT COUNT(*) FROM games WHERE config_id = ? AND seq <= ?) "
+                    "WHERE id = ? AND trained_through < ?",
+                    (last_seq, config_id, last_seq, config_id, last_seq),
+                )
+
+    def interrupt_unfinished_jobs(self) -> list[JobRow]:
+        """Jobs left queued or running by a daemon that died: mark them interrupted."""
+        with self._transaction():
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running')"
+            ).fetchall()
+            self._db.execute(
+                "UPDATE jobs SET state = 'interrupted', finished = ?, "
+                "error = COALESCE(error, 'the daemon stopped while the job ran') "
+                "WHERE state IN ('queued', 'running')",
+                (time.time(),),
+            )
+        return [_job(r) for r in rows]
+
+    def job_history(self) -> dict[str, JobHistory]:
+        """Per config: last start, last success, consecutive failures, last failure and error."""
+        out: dict[str, JobHistory] = {}
+        for config in {r[0] for r in self._db.execute("SELECT DISTINCT config FROM jobs")}:
+            rows = self._db.execute(
+                "SELECT state, started, finished, error FROM jobs WHERE config = ? "
+                "ORDER BY COALESCE(finished, started, created) DESC",
+                (config,),
+            ).fetchall()
+            starts = [r[1] for r in rows if r[1] is not None]
+            successes = [r[2] for r in rows if r[0] == "succeeded" and r[2] is not None]
+            failures = 0
+            last_failure = last_error = None
+            for state, _, finished, error in rows:
+                if state == "succeeded":
+                    break
+                if state == "failed":
+                    failures += 1
+                    if last_failure is None:
+                        last_failure, last_error = finished, error
+            out[config] = JobHistory(
+                max(starts) if starts else None,
+                max(successes) if successes else None,
+                failures,
+                last_failure,
+                last_error,
+            )
+        return out
+
+    def latest_checkpoint(self, config: str) -> str | None:
+        """The checkpoint of the config's newest successful job."""
+        row = self._db.execute(
+            "SELECT checkpoint FROM jobs WHERE config = ? AND state = 'succeeded' "
+            "AND checkpoint IS NOT NULL ORDER BY last_seq DESC LIMIT 1",
+            (config,),
+        ).fetchone()
+        return str(row[0]) if row else None
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -27,6 +27,22 @@ class Metrics:
             "Reconciliation scans of all watched roots",
             ["reason"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.jobs = Counter(
+            "ringd_jobs", "Training jobs by outcome", ["config", "state"], registry=self.registry
+        )
+        self.training_duration = Histogram(
+            "ringd_training_duration_seconds",
+            "Training jobs from start to end",
+            ["config", "state"],
+            buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800),
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "ringd_queue_wait_seconds",
+            "From a config becoming ready to its job starting (waiting for a slot)",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600),
             registry=self.registry,
         )
         self.registry.register(_StatusCollector(status))

@@ -23,6 +23,9 @@ class Notifier:
                 address = "\0" + address[1:]
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.connect(address)
+            # A datagram queue that is full (its reader stalled) must not block the
+            # event loop: such a message is dropped instead.
+            self._sock.setblocking(False)
 
     @classmethod
     def from_env(cls) -> Notifier:
@@ -37,7 +40,7 @@ class Notifier:
         if self._sock is None:
             return
         message = "\n".join(f"{k}={v}" for k, v in fields.items())
-        # systemd gone or its socket full: the service must not die of it.
+        # systemd gone or its queue full: the service must neither die nor wait.
         with contextlib.suppress(OSError):
             self._sock.send(message.encode())
 

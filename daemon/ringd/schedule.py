@@ -118,8 +118,8 @@ def _state(
         return "paused"
     if until is not None and until > now:
         return "backoff"
-    if policy.enabled and view.new_games >= view.threshold:
-        return "ready"
+    if view.new_games >= view.threshold:
+        return "ready"  # with training disabled too: counted and reported, never started
     return "idle"
 
 

@@ -101,11 +101,31 @@ def _check_devices(value: object) -> object:
 Devices = Annotated[Literal["auto", "cpu"] | list[int], BeforeValidator(_check_devices)]
 
 
+class WindowSettings(_Model):
+    """How many of a config's most recent games a job trains on (a KataGo-like taper)."""
+
+    min_games: int = Field(default=10_000, ge=1)
+    max_games: int = Field(default=500_000, ge=1)
+    alpha: float = Field(default=0.75, gt=0, le=1)
+    beta: float = Field(default=0.4, gt=0)
+
+
 class TrainingSettings(_Model):
     enabled: bool = True
     # One job slot per entry: `auto` finds the GPUs, `cpu` is one CPU slot.
     devices: Devices = "auto"
+    # argv of a custom trainer; the job spec's path is appended.
     command: list[str] | None = None
+    encoder: str = "grid"
+    # Passed to the trainer as the spec's `hyper` (batch_size, replay_ratio, lr, channels, ...).
+    hyper: dict[str, Any] = Field(default_factory=dict)
+    window: WindowSettings = Field(default_factory=WindowSettings)
+    timeout_s: float = Field(default=6 * 3600, gt=0)
+    # SIGTERM, then this long to save a resumable checkpoint, then SIGKILL.
+    grace_s: float = Field(default=60, gt=0)
+    min_interval_s: float = Field(default=0, ge=0)
+    backoff_base_s: float = Field(default=60, gt=0)
+    backoff_cap_s: float = Field(default=3600, gt=0)
 
 
 class ConfigEntry(_Model):

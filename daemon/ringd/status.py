@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from rich.console import Group, RenderableType
@@ -15,6 +16,30 @@ from ringd.ledger import ConfigCount
 from ringd.settings import Settings, split_config_name
 
 State = Literal["unconfigured", "idle", "ready", "training", "backoff", "paused"]
+
+
+class JobProgress(BaseModel):
+    id: str
+    slot: str | None
+    started_at: float | None
+    first_seq: int
+    last_seq: int
+    games: int
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+    samples_per_s: float | None = None
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduling:
+    """The scheduler's view of one config, overlaid on its counts."""
+
+    state: State
+    job: JobProgress | None = None
+    backoff_until: float | None = None
+    last_error: str | None = None
 
 
 class ConfigStatus(BaseModel):
@@ -28,6 +53,9 @@ class ConfigStatus(BaseModel):
     state: State
     last_game_at: float | None
     games_per_s: float | None = None  # over the last minute (daemon only)
+    job: JobProgress | None = None  # the running job (daemon only)
+    backoff_until: float | None = None
+    last_error: str | None = None
 
 
 class RamdiskStatus(BaseModel):
@@ -79,6 +107,7 @@ def build_status(
     rates: Mapping[str, float] | None = None,
     daemon: dict[str, object] | None = None,
     ramdisk: Sequence[RamdiskStatus] = (),
+    scheduling: Mapping[str, Scheduling] | None = None,
 ) -> Status:
     """One row per configured config (games or not) and per unconfigured one with games."""
     by_name = {c.name: c for c in counts}
@@ -89,6 +118,7 @@ def build_status(
         board, players = split_config_name(name) or (name, 0)
         threshold = settings.threshold(name)
         new = count.new if count else 0
+        sched = (scheduling or {}).get(name)
         rows.append(
             ConfigStatus(
                 name=name,
@@ -98,9 +128,12 @@ def build_status(
                 threshold=threshold,
                 total_games=count.total if count else 0,
                 trained_through=count.trained_through if count else 0,
-                state=config_state(new, threshold),
+                state=sched.state if sched else config_state(new, threshold),
                 last_game_at=count.last_game_at if count else None,
                 games_per_s=None if rates is None else round(rates.get(name, 0.0), 3),
+                job=sched.job if sched else None,
+                backoff_until=sched.backoff_until if sched else None,
+                last_error=sched.last_error if sched else None,
             )
         )
     return Status(
@@ -177,8 +210,8 @@ def view(status: Status) -> RenderableType:
             + Text(status.config_error, style="red")
         )
     table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("config")
-    table.add_column("new", justify="right")
+    table.add_column("config", no_wrap=True)
+    table.add_column("new", justify="right", no_wrap=True)
     table.add_column("progress")
     table.add_column("total", justify="right")
     table.add_column("state")
@@ -190,7 +223,7 @@ def view(status: Status) -> RenderableType:
             progress_label(row),
             _bar(row.new_games, row.threshold),
             f"{row.total_games:,}",
-            Text(row.state, style=_STATE_STYLE.get(row.state, "")),
+            _state_text(row, now),
             _age(row.last_game_at, now),
         )
     parts.append(table)
@@ -204,6 +237,30 @@ def view(status: Status) -> RenderableType:
         )
     )
     return Group(*parts)
+
+
+def _state_text(row: ConfigStatus, now: float) -> Text:
+    text = Text(row.state, style=_STATE_STYLE.get(row.state, ""))
+    if row.state == "training" and row.job is not None:
+        job = row.job
+        if job.step is not None and job.total_steps:
+            text += Text(f" {100 * job.step / job.total_steps:.0f}% ({job.step}/{job.total_steps})")
+        if job.eta_s is not None:
+            text += Text(f" ETA {_duration(job.eta_s)}", style="dim")
+    elif row.state == "backoff" and row.backoff_until is not None:
+        text += Text(f" {_duration(row.backoff_until - now)}", style="dim")
+        if row.last_error:
+            text += Text(f": {row.last_error[:60]}", style="red")
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds:.0f}s"
 
 
 def _ramdisk_line(m: RamdiskStatus, now: float) -> Text:
@@ -220,3 +277,41 @@ def _ramdisk_line(m: RamdiskStatus, now: float) -> Text:
     if m.failing:
         line += Text(f"; failing: {m.last_error}", style="red")
     return line
+
+
+def jobs_view(jobs: Sequence[Mapping[str, Any]], now: float | None = None) -> RenderableType:
+    """`ringd jobs`: one row per job, newest first."""
+    now = time.time() if now is None else now
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in (
+        "job",
+        "state",
+        "games",
+        "progress",
+        "duration",
+        "attempts",
+        "checkpoint / error",
+    ):
+        table.add_column(column)
+    for job in jobs:
+        progress = job.get("progress") or {}
+        step, total = progress.get("step"), progress.get("total_steps")
+        done = f"{step}/{total}" if step is not None and total else "-"
+        started, finished = job.get("started"), job.get("finished")
+        duration = _duration((finished or now) - started) if started else "-"
+        note = job.get("checkpoint") if job["state"] == "succeeded" else job.get("error")
+        table.add_row(
+            job["id"],
+            Text(job["state"], style=_JOB_STYLE.get(job["state"], "")),
+            f"{job['games']:,}",
+            done,
+            duration,
+            str(job["attempts"]),
+            note or "",
+        )
+    if not jobs:
+        return Text("no training jobs yet")
+    return table
+
+
+_JOB_STYLE = {"succeeded": "green", "failed": "red", "running": "magenta", "interrupted": "yellow"}

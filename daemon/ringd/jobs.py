@@ -1,0 +1,456 @@
+"""The job runner: a training job per GPU slot, as a child process, start to finish.
+
+For each job it writes the job spec (the window of games from the ledger),
+starts `python -m ringd.train SPEC` (or `training.command` + SPEC) with the
+slot's GPU in CUDA_VISIBLE_DEVICES, reads the JSON-lines progress from its
+stdout, keeps its files in `state_dir/jobs/<id>/` (spec.json, events.jsonl,
+job.log), enforces `training.timeout_s` (SIGTERM, `grace_s`, SIGKILL) and
+records every transition in the ledger. Only a success moves the config's
+watermark (in the same transaction as the job's end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from ringd.events import EventBus
+from ringd.ledger import JobRow, Ledger
+from ringd.settings import Settings, TrainingSettings, split_config_name
+
+T = TypeVar("T")
+log = structlog.get_logger("ringd.jobs")
+PROGRESS_EVERY_S = 1.0
+STDERR_TAIL = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    name: str  # "cpu" or "cuda:N"
+    device: str  # what the spec asks for: "cpu" or "cuda"
+    cuda_visible_devices: str  # "" hides every GPU
+
+
+def detect_slots(devices: str | list[int]) -> list[Slot]:
+    """One slot per GPU (`auto`: found by NVML or nvidia-smi), else one CPU slot."""
+    if devices == "cpu":
+        return [Slot("cpu", "cpu", "")]
+    indices = devices if isinstance(devices, list) else _find_gpus()
+    if not indices:
+        return [Slot("cpu", "cpu", "")]
+    return [Slot(f"cuda:{i}", "cuda", str(i)) for i in indices]
+
+
+def _find_gpus() -> list[int]:
+    try:
+        import pynvml  # type: ignore[import-not-found]  # nvidia-ml-py, when installed
+
+        pynvml.nvmlInit()
+        try:
+            return list(range(int(pynvml.nvmlDeviceGetCount())))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # not installed, or no driver: ask nvidia-smi
+        pass
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [i for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+@dataclass(slots=True)
+class RunningJob:
+    job: JobRow
+    slot: Slot
+    process: asyncio.subprocess.Process
+    started: float
+    progress: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str | None = None  # why the daemon stopped it (shutdown, timeout, cancel)
+
+
+def job_id(config: str, first_seq: int, last_seq: int) -> str:
+    """A job's name: its config and sequence range (the key a retry reuses)."""
+    return f"{config}-{first_seq:09d}-{last_seq:09d}"
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, bus: EventBus, on_finish: Callable[[], None]) -> None:
+        self.settings = settings
+        self._bus = bus
+        self._on_finish = on_finish
+        self._ledger = Ledger(settings.ledger_path)
+        # Job bookkeeping off the loop, serialised on one connection of its own.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="jobs")
+        self.running: dict[str, RunningJob] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _db(self, fn: Callable[[Ledger], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._ledger)
+
+    async def recover(self) -> list[JobRow]:
+        """Mark jobs a dead daemon left running as interrupted (they will run again)."""
+        jobs = await self._db(lambda db: db.interrupt_unfinished_jobs())
+        for job in jobs:
+            log.warning("job interrupted by a daemon restart", job=job.id, config=job.config)
+        return jobs
+
+    async def start(self, config: str, slot: Slot, triggered: bool) -> JobRow | None:
+        """Start a job for a config's new games on a slot (None: nothing to train)."""
+        training = self.settings.training
+        plan = await self._db(lambda db: _plan(db, config, training, triggered))
+        if plan is None:
+            return None
+        job, spec = plan
+        folder = self.settings.state_dir / "jobs" / job.id
+        spec["output_dir"] = str(folder)
+        spec["samples_dir"] = str(self.settings.state_dir / "samples")
+        spec["device"] = slot.device
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_path = folder / "spec.json"
+        _write_atomically(spec_path, json.dumps(spec, indent=1).encode())
+        argv = [*(training.command or [sys.executable, "-m", "ringd.train"]), str(spec_path)]
+        await _stop_leftover(folder / "job.pid", spec_path, self.settings.training.grace_s)
+        env = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices,
+            "PYTHONUNBUFFERED": "1",
+        }
+        with open(folder / "job.log", "ab") as stderr:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=stderr,
+                    env=env,
+                    cwd=folder,
+                    start_new_session=True,  # its own group: signals reach its workers too
+                    preexec_fn=_die_with_parent,
+                    limit=16 * 1024 * 1024,
+                )
+            except OSError as e:
+                error = f"cannot start {argv[0]}: {e}"
+                await self._db(lambda db: db.finish_job(job.id, "failed", error=error))
+                log.error("cannot start the trainer", job=job.id, argv=argv, error=error)
+                self._on_finish()
+                return job
+        (folder / "job.pid").write_text(f"{process.pid}\n")
+        await self._db(lambda db: db.job_started(job.id, slot.name))
+        running = RunningJob(job, slot, process, time.time())
+        self.running[job.id] = running
+        log.info(
+            "job started",
+            job=job.id,
+            config=config,
+            slot=slot.name,
+            games=job.games,
+            first_seq=job.first_seq,
+            last_seq=job.last_seq,
+            pid=process.pid,
+        )
+        self._bus.publish(
+            "job_started",
+            job=job.id,
+            config=config,
+            slot=slot.name,
+            first_seq=job.first_seq,
+            last_seq=job.last_seq,
+        )
+        task = asyncio.create_task(self._guarded(running, folder))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def _guarded(self, running: RunningJob, folder: Path) -> None:
+        """Supervise a job; a bug here must not leave it running unrecorded."""
+        try:
+            await self._supervise(running, folder)
+        except Exception as e:
+            log.exception("job supervision failed", job=running.job.id)
+            _signal_group(running.process, signal.SIGKILL)
+            self.running.pop(running.job.id, None)
+            error = f"internal error in ringd: {e!r}"
+            await self._db(lambda db: db.finish_job(running.job.id, "failed", error=error))
+            self._on_finish()
+
+    async def _supervise(self, running: RunningJob, folder: Path) -> None:
+        job, process = running.job, running.process
+        timeout = self.settings.training.timeout_s
+        events: dict[str, dict[str, Any]] = {}
+        reader = asyncio.create_task(self._read_events(running, folder, events))
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), timeout)
+        except TimeoutError:
+            running.stop_reason = f"timed out after {timeout:g} s"
+            await self._terminate(running)
+        await reader
+        (folder / "job.pid").unlink(missing_ok=True)
+        code = process.returncode
+        state, error = _outcome(code, running.stop_reason, events, folder)
+        done = events.get("done", {})
+        checkpoint = done.get("checkpoint") or events.get("checkpoint", {}).get("path")
+        sha = done.get("sha256") or events.get("checkpoint", {}).get("sha256")
+        await self._db(
+            lambda db: db.finish_job(
+                job.id,
+                state,
+                exit_code=code,
+                error=error,
+                checkpoint=checkpoint,
+                checkpoint_sha256=sha,
+            )
+        )
+        self.running.pop(job.id, None)
+        seconds = time.time() - running.started
+        (log.info if state == "succeeded" else log.error)(
+            "job finished",
+            job=job.id,
+            config=job.config,
+            state=state,
+            exit_code=code,
+            error=error,
+            seconds=round(seconds, 1),
+            checkpoint=checkpoint,
+        )
+        self._bus.publish(
+            "job_finished",
+            job=job.id,
+            config=job.config,
+            state=state,
+            exit_code=code,
+            error=error,
+            seconds=seconds,
+            checkpoint=checkpoint,
+        )
+        self._on_finish()
+
+    async def _read_events(
+        self, running: RunningJob, folder: Path, events: dict[str, dict[str, Any]]
+    ) -> None:
+        """The trainer's JSON lines: kept in events.jsonl, progress to the ledger and the bus."""
+        assert running.process.stdout is not None
+        last_write = 0.0
+        with open(folder / "events.jsonl", "ab") as out:
+            while line := await running.process.stdout.readline():
+                out.write(line)
+                out.flush()
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # not protocol: the trainer printed something else; it is in the file
+                if not isinstance(event, dict):
+                    continue
+                kind = str(event.get("event", ""))
+                events[kind] = event
+                if kind in ("progress", "start"):
+                    running.progress = event
+                    if time.monotonic() - last_write >= PROGRESS_EVERY_S:
+                        last_write = time.monotonic()
+                        await self._db(
+                            functools.partial(
+                                Ledger.job_progress, job_id=running.job.id, progress=event
+                            )
+                        )
+                        self._bus.publish(
+                            "job_progress",
+                            job=running.job.id,
+                            config=running.job.config,
+                            progress=event,
+                        )
+
+    async def _terminate(self, running: RunningJob) -> None:
+        """SIGTERM the job's process group, wait its grace, then SIGKILL."""
+        grace = self.settings.training.grace_s
+        _signal_group(running.process, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(running.process.wait()), grace)
+        except TimeoutError:
+            log.warning("job ignored SIGTERM; killing it", job=running.job.id, grace_s=grace)
+            _signal_group(running.process, signal.SIGKILL)
+            await running.process.wait()
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        """Stop a running job (SIGTERM, grace, SIGKILL); it is recorded as interrupted."""
+        running = self.running.get(job_id)
+        if running is not None and running.stop_reason is None:
+            running.stop_reason = reason
+            task = asyncio.create_task(self._terminate(running))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def stop_all(self, reason: str = "the daemon is stopping") -> None:
+        """SIGTERM every job, wait their grace (they save resumable checkpoints), record them."""
+        for job_id in list(self.running):
+            self.cancel(job_id, reason)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def jobs(self, limit: int = 50) -> list[JobRow]:
+        return await self._db(lambda db: db.jobs(limit))
+
+    async def set_paused(self, config: str, paused: bool) -> None:
+        await self._db(lambda db: db.set_paused(config, paused))
+
+    async def close(self) -> None:
+        await self._db(lambda db: db.close())
+        self._executor.shutdown(wait=True)
+
+
+def _plan(
+    db: Ledger, config: str, training: TrainingSettings, triggered: bool
+) -> tuple[JobRow, dict[str, Any]] | None:
+    """The job for a config's new games and its spec (without the slot's fields)."""
+    from ringd.train.window import window_games
+
+    first = db.trained_through(config) + 1
+    last = db.max_seq(config)
+    if last < first:
+        return None
+    new_games = db.count_between(config, first, last)
+    total = db.total(config)
+    w = training.window
+    size = window_games(
+        total, min_games=w.min_games, max_games=w.max_games, alpha=w.alpha, beta=w.beta
+    )
+    size = max(size, new_games)
+    spans = db.window(config, last, size)
+    # The same range (an interrupted or failed job, no newer games) reuses its id
+    # and folder, so the trainer resumes from its checkpoint there.
+    job = db.create_job(job_id(config, first, last), config, first, last, new_games, triggered)
+    if job.state == "succeeded":
+        return None  # this range was trained already: never twice
+    board, players = split_config_name(config) or (config, 0)
+    spec: dict[str, Any] = {
+        "version": 1,
+        "job_id": job.id,
+        "config": config,
+        "board": board,
+        "players": players,
+        "encoder": training.encoder,
+        "games": [
+            {
+                "path": s.path,
+                "offset": s.offset,
+                "length": s.length,
+                "key": s.key.hex(),
+                "seq": s.seq,
+            }
+            for s in spans
+        ],
+        "new_from_seq": first,
+        "init_checkpoint": db.latest_checkpoint(config),
+        "seed": first,
+        "hyper": dict(training.hyper),
+    }
+    return job, spec
+
+
+def _outcome(
+    code: int | None, stop_reason: str | None, events: dict[str, dict[str, Any]], folder: Path
+) -> tuple[str, str | None]:
+    if code == 0 and stop_reason is None and "done" in events:
+        return "succeeded", None
+    if stop_reason is not None and not stop_reason.startswith("timed out"):
+        return "interrupted", stop_reason
+    if stop_reason is not None:
+        return "failed", stop_reason
+    error = events.get("error")
+    if error:
+        return "failed", f"{error.get('kind', 'error')}: {error.get('message', '')}"
+    if code == 0:
+        return "failed", "exited 0 without a done event"
+    what = (
+        f"killed by {signal.Signals(-code).name}"
+        if code is not None and code < 0
+        else f"exit code {code}"
+    )
+    return "failed", f"{what}: {_tail(folder / 'job.log')}"
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - STDERR_TAIL))
+            text = f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return text.splitlines()[-1] if text else "(no output)"
+
+
+def _die_with_parent() -> None:
+    # In the child, before exec: if the daemon dies (even by SIGKILL), the job gets
+    # SIGTERM, saves a resumable checkpoint and exits, instead of training on as
+    # an orphan beside the job the restarted daemon starts again.
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+async def _stop_leftover(pid_file: Path, spec_path: Path, grace_s: float) -> None:
+    """A job of the same range still running (its daemon died): stop it, let it save."""
+    try:
+        pid = int(pid_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    deadline = time.monotonic() + grace_s
+    sig = signal.SIGTERM
+    while _runs(pid, spec_path):
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        await asyncio.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
+
+
+def _runs(pid: int, spec_path: Path) -> bool:
+    """Is `pid` alive and running this spec (and not some process that reused the pid)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.fsencode(spec_path) in f.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def eta(progress: dict[str, Any]) -> float | None:
+    """Seconds left, from a progress event."""
+    value = progress.get("eta_s")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None

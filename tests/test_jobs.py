@@ -1,0 +1,229 @@
+"""From +N/threshold to a finished job: a real daemon, real trainer processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, DaemonProcess, append, game_line, ringd
+
+FAKE = REPO / "tests" / "fake_trainer.py"
+
+
+def training(mode: str, seconds: float = 0.5, **extra: object) -> str:
+    settings = {"backoff_base_s": 1, "backoff_cap_s": 2, "timeout_s": 30, "grace_s": 5, **extra}
+    lines = "".join(f"  {k}: {v}\n" for k, v in settings.items())
+    command = json.dumps([sys.executable, str(FAKE), mode, str(seconds)])
+    return f"training:\n  devices: cpu\n  command: {command}\n{lines}"
+
+
+@pytest.fixture
+def make_daemon(short_tmp: Path):  # type: ignore[no-untyped-def]
+    started: list[DaemonProcess] = []
+
+    def make(mode: str, configs: str, seconds: float = 0.5, **extra: object) -> DaemonProcess:
+        (short_tmp / "data" / "selfplay").mkdir(parents=True, exist_ok=True)
+        (short_tmp / "ringd.yaml").write_text(
+            "state_dir: var\nwatch:\n  roots: [data/selfplay]\n"
+            + training(mode, seconds, **extra)
+            + "configs:\n"
+            + configs
+        )
+        daemon = DaemonProcess(short_tmp)
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.close()
+
+
+def write_games(
+    daemon: DaemonProcess, board: str, players: int, start: int, count: int, name: str = "a"
+) -> None:
+    append(
+        daemon.folder / "data" / "selfplay" / "gpu" / f"{name}.jsonl",
+        b"".join(game_line(board, players, i) for i in range(start, start + count)),
+    )
+
+
+def config(status: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in status["configs"] if c["name"] == name)
+
+
+def jobs(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    from ringd.client import get_json
+
+    result: list[dict[str, Any]] = get_json(daemon.socket, "/v1/jobs")["jobs"]
+    return result
+
+
+def test_a_successful_job_consumes_exactly_its_range(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon("ok", "  square8_2p: {threshold: 5}\n", seconds=1.5)
+    daemon.start()
+    write_games(daemon, "square8", 2, 0, 6)
+    status = daemon.wait_until(lambda s: config(s, "square8_2p")["state"] == "training")
+    job = config(status, "square8_2p")["job"]
+    assert (job["first_seq"], job["last_seq"], job["games"]) == (1, 6, 6)
+    write_games(daemon, "square8", 2, 100, 3, name="b")  # arrive while it trains
+    status = daemon.wait_until(lambda s: config(s, "square8_2p")["trained_through"] == 6)
+    row = config(status, "square8_2p")
+    assert row["new_games"] == 3 and row["total_games"] == 9 and row["state"] == "idle"
+    [done] = jobs(daemon)
+    assert (
+        done["state"] == "succeeded" and done["attempts"] == 1 and Path(done["checkpoint"]).exists()
+    )
+    assert done["checkpoint_sha256"] and done["exit_code"] == 0
+    folder = daemon.folder / "var" / "jobs" / done["id"]
+    assert {"spec.json", "events.jsonl", "job.log"} <= {p.name for p in folder.iterdir()}
+    spec = json.loads((folder / "spec.json").read_text())
+    assert spec["config"] == "square8_2p" and spec["device"] == "cpu" and len(spec["games"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("fail", "no_usable_games: every game failed its key check"),
+        ("hang", "timed out after 2 s"),
+        ("selfkill", "killed by SIGKILL"),
+    ],
+)
+def test_a_failed_job_keeps_the_watermark_backs_off_and_retries(
+    make_daemon, mode: str, error: str
+) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon(mode, "  hex8_2p: {threshold: 3}\n", timeout_s=2, grace_s=1)
+    daemon.start()
+    write_games(daemon, "hex8", 2, 0, 4)
+    status = daemon.wait_until(lambda s: config(s, "hex8_2p")["state"] == "backoff", timeout=30)
+    row = config(status, "hex8_2p")
+    assert row["trained_through"] == 0 and row["new_games"] == 4
+    assert row["last_error"] is not None and error in row["last_error"]
+    assert row["backoff_until"] > time.time() - 1
+    shown = ringd("status", "--socket", str(daemon.socket))
+    assert "backoff" in shown.stdout
+    # After the backoff it runs again (and fails again: the count of attempts grows).
+    daemon.wait_until(lambda s: sum(j["attempts"] for j in jobs(daemon)) >= 2, timeout=30)
+    assert all(j["state"] in ("failed", "running") for j in jobs(daemon))
+    assert config(daemon.status(), "hex8_2p")["trained_through"] == 0
+
+
+def test_a_retry_after_a_failure_succeeds_and_then_the_watermark_moves(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon("fail_once", "  hex8_2p: {threshold: 3}\n")
+    daemon.start()
+    write_games(daemon, "hex8", 2, 0, 3)
+    status = daemon.wait_until(lambda s: config(s, "hex8_2p")["trained_through"] == 3, timeout=30)
+    assert config(status, "hex8_2p")["new_games"] == 0
+    [job] = jobs(daemon)
+    assert job["state"] == "succeeded" and job["attempts"] == 2  # the same range, retried
+
+
+def test_a_daemon_killed_during_a_job_reruns_it_and_the_range_is_trained_once(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon("ok", "  square8_2p: {threshold: 4}\n", seconds=4)
+    daemon.start()
+    write_games(daemon, "square8", 2, 0, 5)
+    status = daemon.wait_until(
+        lambda s: (config(s, "square8_2p")["job"] or {}).get("step") is not None
+    )
+    job_id = config(status, "square8_2p")["job"]["id"]
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    status = daemon.wait_until(
+        lambda s: config(s, "square8_2p")["trained_through"] == 5, timeout=40
+    )
+    assert config(status, "square8_2p")["new_games"] == 0
+    [job] = jobs(daemon)
+    assert job["id"] == job_id and job["state"] == "succeeded" and job["attempts"] == 2
+    runs = (daemon.folder / "var" / "jobs" / job_id / "runs.log").read_text().split("\n")[:-1]
+    assert [r.split()[2:] for r in runs] == [
+        ["1", "5"],
+        ["1", "5"],
+    ]  # the same range, twice started
+    # The orphaned first run was stopped (SIGTERM on its daemon's death) and saved a resume point.
+    assert (daemon.folder / "var" / "jobs" / job_id / "resume.marker").exists()
+
+
+def test_the_higher_ratio_goes_first_with_one_slot_and_pause_and_trigger(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon(
+        "ok",
+        "  square8_2p: {threshold: 10}\n  hex8_2p: {threshold: 4}\n  hexagonal_2p: {threshold: 50}\n",
+        seconds=1.0,
+    )
+    write_games(daemon, "square8", 2, 0, 12)  # 1.2x
+    write_games(daemon, "hex8", 2, 0, 8, name="h")  # 2.0x: first
+    daemon.start()
+    daemon.wait_until(lambda s: config(s, "hex8_2p")["state"] == "training")
+    assert config(daemon.status(), "square8_2p")["state"] == "ready"  # waiting for the slot
+    daemon.wait_until(lambda s: config(s, "square8_2p")["trained_through"] > 0, timeout=30)
+    first, second = sorted(jobs(daemon), key=lambda j: j["started"])
+    assert (first["config"], second["config"]) == ("hex8_2p", "square8_2p")
+
+    # Pause: no job starts, whatever the count; it survives a restart.
+    assert ringd("pause", "hex8_2p", "--socket", str(daemon.socket)).returncode == 0
+    write_games(daemon, "hex8", 2, 100, 10, name="h2")
+    daemon.wait_until(
+        lambda s: (
+            config(s, "hex8_2p")["new_games"] == 10 and config(s, "hex8_2p")["state"] == "paused"
+        )
+    )
+    refused = ringd("trigger", "hex8_2p", "--socket", str(daemon.socket))
+    assert refused.returncode == 1 and "paused" in refused.stderr
+    daemon.stop()
+    daemon.start()
+    assert config(daemon.status(), "hex8_2p")["state"] == "paused"
+    assert ringd("resume", "hex8_2p", "--socket", str(daemon.socket)).returncode == 0
+    daemon.wait_until(lambda s: config(s, "hex8_2p")["new_games"] == 0, timeout=30)
+
+    # Trigger: below its threshold, it trains now.
+    write_games(daemon, "hexagonal", 2, 0, 2, name="x")
+    daemon.wait_until(lambda s: config(s, "hexagonal_2p")["new_games"] == 2)
+    assert config(daemon.status(), "hexagonal_2p")["state"] == "idle"
+    shown = ringd("trigger", "hexagonal_2p", "--socket", str(daemon.socket))
+    assert shown.returncode == 0 and "hexagonal_2p" in shown.stdout
+    daemon.wait_until(lambda s: config(s, "hexagonal_2p")["trained_through"] > 0, timeout=30)
+    nothing = ringd("trigger", "hexagonal_2p", "--socket", str(daemon.socket))
+    assert nothing.returncode == 1 and "no new games" in nothing.stderr
+    unknown = ringd("trigger", "square19_4p", "--socket", str(daemon.socket))
+    assert unknown.returncode == 1 and "not a configured" in unknown.stderr
+
+
+def test_jobs_and_logs_commands(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon("fail", "  hex8_3p: {threshold: 2}\n", backoff_base_s=60)
+    daemon.start()
+    write_games(daemon, "hex8", 3, 0, 2)
+    daemon.wait_until(lambda s: config(s, "hex8_3p")["state"] == "backoff")
+    listed = ringd("jobs", "--socket", str(daemon.socket))
+    assert (
+        listed.returncode == 0
+        and "hex8_3p-000000001-000000002" in listed.stdout
+        and "failed" in listed.stdout
+    )
+    as_json = json.loads(ringd("jobs", "--json", "--socket", str(daemon.socket)).stdout)
+    assert as_json[0]["state"] == "failed" and as_json[0]["exit_code"] == 3
+    logs = ringd("logs", as_json[0]["id"], "--socket", str(daemon.socket))
+    assert logs.returncode == 0 and "fake trainer: giving up" in logs.stdout
+    missing = ringd("logs", "nope", "--socket", str(daemon.socket))
+    assert missing.returncode == 1 and "no job 'nope'" in missing.stderr
+    metrics = __import__("ringd.client", fromlist=["get"]).get(daemon.socket, "/metrics").decode()
+    assert 'ringd_jobs_total{config="hex8_3p",state="failed"} 1.0' in metrics
+
+
+def test_sigterm_stops_running_jobs_which_are_recorded_interrupted(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon("ok", "  square8_2p: {threshold: 2}\n", seconds=30)
+    daemon.start()
+    write_games(daemon, "square8", 2, 0, 2)
+    daemon.wait_until(lambda s: (config(s, "square8_2p")["job"] or {}).get("step") is not None)
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    daemon.start()
+    # It was recorded interrupted, and runs again at once (no backoff for interruptions).
+    status = daemon.wait_until(lambda s: config(s, "square8_2p")["state"] == "training")
+    [job] = jobs(daemon)
+    assert job["attempts"] == 2
+    assert config(status, "square8_2p")["trained_through"] == 0
