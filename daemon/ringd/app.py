@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 import watchfiles
 
-from ringd import __version__
+from ringd import __version__, registry
 from ringd.control import ControlServer, OperatorError
 from ringd.events import EventBus
 from ringd.ingest import Ingest
@@ -46,6 +46,7 @@ ROOT_POLL_S = 1.0
 OBSERVER_BACKOFF_MAX_S = 30.0
 FINAL_FLUSH_EXTEND_S = 20.0
 SCHEDULE_EVERY_S = 1.0
+MODELS_RESCAN_S = 60.0
 # Parts of the configuration bound at start: changing them needs a restart.
 RESTART_KEYS = ("state_dir", "control")
 
@@ -71,6 +72,9 @@ class Daemon:
         self._triggers: set[str] = set()
         self._decision = Decision()
         self._ready_since: dict[str, float] = {}
+        self._models_changed = asyncio.Event()
+        self._force_validation: set[str] = set()
+        self.models_stats: dict[str, Any] = {"validated": 0, "quarantined": 0, "last_error": None}
         self.control = ControlServer(
             settings.socket_path,
             self,
@@ -80,6 +84,7 @@ class Daemon:
         )
         self._stop = asyncio.Event()
         self._ready = False
+        self._ready_event = asyncio.Event()
         self._rescan = asyncio.Event()
         self._observer_restart = asyncio.Event()
         self._recent: deque[tuple[float, str, int]] = deque()
@@ -145,6 +150,7 @@ class Daemon:
                 tg.create_task(self._follow_events())
                 tg.create_task(self._ramdisk())
                 tg.create_task(self._schedule())
+                tg.create_task(self._registry())
                 await self._stop.wait()
                 raise _Shutdown
         except* _Shutdown:
@@ -171,6 +177,7 @@ class Daemon:
         await self.runner.recover()
         await self._schedule_once()
         self._ready = True
+        self._ready_event.set()
         status = self.status()
         self.notifier.ready(status_line(status))
         log.info("ready", games=status.total_games, new_games=status.new_games)
@@ -475,6 +482,66 @@ class Daemon:
             out.setdefault(config, Scheduling("training", _job_progress(job)))
         return out
 
+    # -- checkpoint registry ----------------------------------------------------------------
+
+    async def _registry(self) -> None:
+        """After READY (start-up is stat only): validate new checkpoints in the background."""
+        await self._ready_event.wait()
+        while True:
+            try:
+                await self._refresh_models()
+            except registry.ValidatorFailed as e:
+                self.models_stats["last_error"] = str(e)
+                log.error("checkpoint validation failed; retrying later", error=str(e))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._models_changed.wait(), MODELS_RESCAN_S)
+            self._models_changed.clear()
+
+    async def _refresh_models(self) -> None:
+        models = self.settings.models
+        force, self._force_validation = self._force_validation, set()
+        pending = await self.runner.db(lambda db: registry.refresh(db, models.dirs, force))
+        if pending:
+            verdicts = await registry.validate(pending, models.validate_concurrency)
+            bad = await self.runner.db(lambda db: registry.record(db, verdicts))
+            self.models_stats["validated"] += len(verdicts)
+            self.models_stats["quarantined"] += len(bad)
+            self.models_stats["last_error"] = None
+            for path, reason in bad:
+                log.error("checkpoint failed validation; quarantined", file=path, reason=reason)
+                self.bus.publish("checkpoint_bad", path=path, reason=reason)
+            for v in verdicts:
+                if v["ok"]:
+                    self.bus.publish("checkpoint_validated", path=v["path"], config=v.get("config"))
+        rows = await self.runner.db(lambda db: db.checkpoints())
+        registry.point_latest(self.settings.state_dir / "models", registry.latest(rows))
+        if models.retention == "delete_old":
+            for path in await self.runner.db(lambda db: registry.prune(db, models.keep)):
+                log.info("old checkpoint removed (models.retention: delete_old)", file=path)
+
+    async def models(self) -> dict[str, Any]:
+        rows = await self.runner.db(lambda db: db.checkpoints())
+        return {**registry.summary(rows), "stats": self.models_stats}
+
+    async def validate_models(self, path: str | None) -> str:
+        if path is not None:
+            known = await self.runner.db(lambda db: db.checkpoints())
+            if os.path.abspath(path) not in known:
+                raise OperatorError(
+                    404, f"{path} is not a registered checkpoint (see `ringd models`)"
+                )
+            self._force_validation.add(os.path.abspath(path))
+        else:
+            self._force_validation.add("*")
+        self._models_changed.set()
+        return f"validating {path or 'every checkpoint'} again in the background"
+
+    async def pin_model(self, path: str, pinned: bool) -> str:
+        absolute = os.path.abspath(path)
+        if not await self.runner.db(lambda db: db.set_checkpoint_flags(absolute, pinned=pinned)):
+            raise OperatorError(404, f"{path} is not a registered checkpoint (see `ringd models`)")
+        return f"{absolute} {'pinned: never removed by retention' if pinned else 'unpinned'}"
+
     # -- operator actions (control socket) ------------------------------------------------
 
     async def jobs(self) -> list[dict[str, Any]]:
@@ -531,6 +598,7 @@ class Daemon:
         last_status = 0.0
         async for event in self.bus.follow():
             if event.kind == "job_finished":
+                self._models_changed.set()
                 config, state = event.data["config"], event.data["state"]
                 self.metrics.jobs.labels(config, state).inc()
                 self.metrics.training_duration.labels(config, state).observe(event.data["seconds"])

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from rich.progress import (
 from ringd import __version__, client
 from ringd.ledger import Ledger, LedgerError
 from ringd.settings import ConfigError, Settings, load_settings
-from ringd.status import Status, build_status, jobs_view, view
+from ringd.status import Status, build_status, jobs_view, models_view, view
 from ringd.watch import Plan, scan
 
 DEFAULT_CONFIG = "/etc/ringd/ringd.yaml"
@@ -119,6 +120,29 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help=config_help)
         p.add_argument("--socket", type=Path, help=socket_help)
         p.set_defaults(handler=_cmd_config_action, action=name)
+
+    p = sub.add_parser(
+        "models",
+        help="checkpoints: per config the latest validated one, counts, sizes, verdicts",
+        description=(
+            "The checkpoint registry. Without an action: list per config the latest "
+            "validated checkpoint, counts and sizes. `validate [PATH]` validates again "
+            "(one file or all); `pin PATH` keeps a checkpoint from retention."
+        ),
+    )
+    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--socket", type=Path, help=socket_help)
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.add_argument("--config-name", metavar="NAME", help="only this configuration, e.g. square8_2p")
+    p.set_defaults(handler=_cmd_models)
+    models = p.add_subparsers(title="actions", metavar="ACTION")
+    q = models.add_parser("validate", help="validate again: PATH, or every checkpoint")
+    q.add_argument("path", nargs="?", metavar="PATH")
+    q.set_defaults(handler=_cmd_models_validate)
+    q = models.add_parser("pin", help="never remove PATH by retention (--unpin to undo)")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("--unpin", action="store_true")
+    q.set_defaults(handler=_cmd_models_pin)
 
     p = sub.add_parser("logs", help="print a training job's log (the trainer's stderr)")
     p.add_argument("job", metavar="JOB", help="a job id from `ringd jobs`")
@@ -284,6 +308,47 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 def _cmd_config_action(args: argparse.Namespace) -> int:
     def act(path: Path) -> int:
         print(client.post_json(path, f"/v1/configs/{args.name}/{args.action}")["message"])
+        return EXIT_OK
+
+    return _with_daemon(args, act)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    def show(path: Path) -> int:
+        models = client.get_json(path, "/v1/models")
+        if args.config_name:
+            models["configs"] = {
+                k: v for k, v in models["configs"].items() if k == args.config_name
+            }
+            models["checkpoints"] = [
+                c for c in models["checkpoints"] if c["config"] == args.config_name
+            ]
+        if args.json:
+            print(json.dumps(models, indent=2))
+        else:
+            _stdout().print(models_view(models))
+        return EXIT_OK
+
+    return _with_daemon(args, show)
+
+
+def _cmd_models_validate(args: argparse.Namespace) -> int:
+    query = f"?{urllib.parse.urlencode({'path': os.path.abspath(args.path)})}" if args.path else ""
+
+    def act(path: Path) -> int:
+        print(client.post_json(path, f"/v1/models/validate{query}")["message"])
+        return EXIT_OK
+
+    return _with_daemon(args, act)
+
+
+def _cmd_models_pin(args: argparse.Namespace) -> int:
+    query = urllib.parse.urlencode(
+        {"path": os.path.abspath(args.path), "pinned": 0 if args.unpin else 1}
+    )
+
+    def act(path: Path) -> int:
+        print(client.post_json(path, f"/v1/models/pin?{query}")["message"])
         return EXIT_OK
 
     return _with_daemon(args, act)

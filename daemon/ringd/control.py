@@ -9,6 +9,9 @@
     POST /v1/configs/NAME/trigger      train NAME now, below its threshold too
     POST /v1/configs/NAME/pause        start no job for NAME until resumed (survives restarts)
     POST /v1/configs/NAME/resume
+    GET /v1/models                     checkpoints: per config latest, counts, sizes
+    POST /v1/models/validate[?path=P]  validate again (one file, or all)
+    POST /v1/models/pin?path=P[&pinned=0]
 
 `curl --unix-socket state/ringd.sock http://ringd/v1/status` works against all of it.
 """
@@ -56,6 +59,9 @@ class Operations(Protocol):
     def job_log(self, job_id: str) -> Path: ...
     async def trigger(self, config: str) -> str: ...
     async def pause(self, config: str, paused: bool) -> str: ...
+    async def models(self) -> dict[str, Any]: ...
+    async def validate_models(self, path: str | None) -> str: ...
+    async def pin_model(self, path: str, pinned: bool) -> str: ...
 
 
 class ControlServer:
@@ -85,6 +91,8 @@ class ControlServer:
         app.router.add_post(
             "/v1/configs/{config}/{action:trigger|pause|resume}", self._config_action
         )
+        app.router.add_get("/v1/models", self._get_models)
+        app.router.add_post("/v1/models/{action:validate|pin}", self._models_action)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         if len(os.fsencode(self._socket_path)) > MAX_SOCKET_PATH:
@@ -132,6 +140,22 @@ class ControlServer:
         except OperatorError as e:
             return web.json_response({"error": str(e)}, status=e.status)
         return web.FileResponse(path, headers={"Content-Type": "text/plain; charset=utf-8"})
+
+    async def _get_models(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._ops.models())
+
+    async def _models_action(self, request: web.Request) -> web.Response:
+        path = request.query.get("path")
+        try:
+            if request.match_info["action"] == "validate":
+                message = await self._ops.validate_models(path)
+            elif path is None:
+                raise OperatorError(400, "pin needs ?path=CHECKPOINT")
+            else:
+                message = await self._ops.pin_model(path, request.query.get("pinned", "1") != "0")
+        except OperatorError as e:
+            return web.json_response({"error": str(e)}, status=e.status)
+        return web.json_response({"ok": True, "message": message})
 
     async def _config_action(self, request: web.Request) -> web.Response:
         config, action = request.match_info["config"], request.match_info["action"]

@@ -106,12 +106,13 @@ class JobRunner:
         self.running: dict[str, RunningJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def _db(self, fn: Callable[[Ledger], T]) -> T:
+    async def db(self, fn: Callable[[Ledger], T]) -> T:
+        """Run bookkeeping (jobs, pauses, checkpoints) on the runner's own ledger connection."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._ledger)
 
     async def recover(self) -> list[JobRow]:
         """Mark jobs a dead daemon left running as interrupted (they will run again)."""
-        jobs = await self._db(lambda db: db.interrupt_unfinished_jobs())
+        jobs = await self.db(lambda db: db.interrupt_unfinished_jobs())
         for job in jobs:
             log.warning("job interrupted by a daemon restart", job=job.id, config=job.config)
         return jobs
@@ -119,7 +120,9 @@ class JobRunner:
     async def start(self, config: str, slot: Slot, triggered: bool) -> JobRow | None:
         """Start a job for a config's new games on a slot (None: nothing to train)."""
         training = self.settings.training
-        plan = await self._db(lambda db: _plan(db, config, training, triggered))
+        latest = self.settings.state_dir / "models" / config / "latest.pt"
+        init = os.path.realpath(latest) if latest.is_symlink() and latest.exists() else None
+        plan = await self.db(lambda db: _plan(db, config, training, triggered, init))
         if plan is None:
             return None
         job, spec = plan
@@ -151,12 +154,12 @@ class JobRunner:
                 )
             except OSError as e:
                 error = f"cannot start {argv[0]}: {e}"
-                await self._db(lambda db: db.finish_job(job.id, "failed", error=error))
+                await self.db(lambda db: db.finish_job(job.id, "failed", error=error))
                 log.error("cannot start the trainer", job=job.id, argv=argv, error=error)
                 self._on_finish()
                 return job
         (folder / "job.pid").write_text(f"{process.pid}\n")
-        await self._db(lambda db: db.job_started(job.id, slot.name))
+        await self.db(lambda db: db.job_started(job.id, slot.name))
         running = RunningJob(job, slot, process, time.time())
         self.running[job.id] = running
         log.info(
@@ -191,7 +194,7 @@ class JobRunner:
             _signal_group(running.process, signal.SIGKILL)
             self.running.pop(running.job.id, None)
             error = f"internal error in ringd: {e!r}"
-            await self._db(lambda db: db.finish_job(running.job.id, "failed", error=error))
+            await self.db(lambda db: db.finish_job(running.job.id, "failed", error=error))
             self._on_finish()
 
     async def _supervise(self, running: RunningJob, folder: Path) -> None:
@@ -211,7 +214,7 @@ class JobRunner:
         done = events.get("done", {})
         checkpoint = done.get("checkpoint") or events.get("checkpoint", {}).get("path")
         sha = done.get("sha256") or events.get("checkpoint", {}).get("sha256")
-        await self._db(
+        await self.db(
             lambda db: db.finish_job(
                 job.id,
                 state,
@@ -267,7 +270,7 @@ class JobRunner:
                     running.progress = event
                     if time.monotonic() - last_write >= PROGRESS_EVERY_S:
                         last_write = time.monotonic()
-                        await self._db(
+                        await self.db(
                             functools.partial(
                                 Ledger.job_progress, job_id=running.job.id, progress=event
                             )
@@ -307,18 +310,18 @@ class JobRunner:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def jobs(self, limit: int = 50) -> list[JobRow]:
-        return await self._db(lambda db: db.jobs(limit))
+        return await self.db(lambda db: db.jobs(limit))
 
     async def set_paused(self, config: str, paused: bool) -> None:
-        await self._db(lambda db: db.set_paused(config, paused))
+        await self.db(lambda db: db.set_paused(config, paused))
 
     async def close(self) -> None:
-        await self._db(lambda db: db.close())
+        await self.db(lambda db: db.close())
         self._executor.shutdown(wait=True)
 
 
 def _plan(
-    db: Ledger, config: str, training: TrainingSettings, triggered: bool
+    db: Ledger, config: str, training: TrainingSettings, triggered: bool, init: str | None
 ) -> tuple[JobRow, dict[str, Any]] | None:
     """The job for a config's new games and its spec (without the slot's fields)."""
     from ringd.train.window import window_games
@@ -359,7 +362,8 @@ def _plan(
             for s in spans
         ],
         "new_from_seq": first,
-        "init_checkpoint": db.latest_checkpoint(config),
+        # The registry's validated latest (never a file that failed validation).
+        "init_checkpoint": init,
         "seed": first,
         "hyper": dict(training.hyper),
     }

@@ -90,6 +90,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_config ON jobs(config, created);
     ALTER TABLE configs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the checkpoint registry: each file's validation, cached under its stat.
+    """
+    CREATE TABLE checkpoints (
+        path TEXT PRIMARY KEY,
+        config TEXT,
+        origin TEXT NOT NULL,
+        job_id TEXT,
+        last_seq INTEGER,
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        verdict TEXT NOT NULL,
+        reason TEXT,
+        sha256 TEXT,
+        validated_at REAL,
+        pinned INTEGER NOT NULL DEFAULT 0,
+        quarantined_to TEXT,
+        removed INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -222,6 +243,32 @@ def _job(row: tuple[Any, ...]) -> JobRow:
     values[8] = bool(values[8])
     values[16] = json.loads(values[16]) if values[16] else None
     return JobRow(*values)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    path: str
+    config: str | None
+    origin: str  # "job" (ringd wrote it) or "dir" (found under models.dirs)
+    job_id: str | None
+    last_seq: int | None
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    verdict: str  # pending | ok | bad
+    reason: str | None
+    sha256: str | None
+    validated_at: float | None
+    pinned: bool
+    quarantined_to: str | None
+    removed: bool
+
+
+_CHECKPOINT_COLUMNS = (
+    "path, config, origin, job_id, last_seq, dev, ino, size, mtime_ns, verdict, reason, sha256, "
+    "validated_at, pinned, quarantined_to, removed"
+)
 
 
 class Ledger:
@@ -611,14 +658,82 @@ class Ledger:
             )
         return out
 
-    def latest_checkpoint(self, config: str) -> str | None:
-        """The checkpoint of the config's newest successful job."""
-        row = self._db.execute(
-            "SELECT checkpoint FROM jobs WHERE config = ? AND state = 'succeeded' "
-            "AND checkpoint IS NOT NULL ORDER BY last_seq DESC LIMIT 1",
-            (config,),
-        ).fetchone()
-        return str(row[0]) if row else None
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def checkpoints(self) -> dict[str, CheckpointRow]:
+        rows = self._db.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints").fetchall()
+        out = {}
+        for r in rows:
+            values = list(r)
+            values[13], values[15] = bool(values[13]), bool(values[15])
+            out[r[0]] = CheckpointRow(*values)
+        return out
+
+    def register_checkpoint(
+        self,
+        path: str,
+        *,
+        config: str | None,
+        origin: str,
+        job_id: str | None,
+        last_seq: int | None,
+        stat: tuple[int, int, int, int],
+    ) -> None:
+        """A new or changed file: its verdict is pending until a child validates it."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO checkpoints (path, config, origin, job_id, last_seq, dev, ino, size, "
+                "mtime_ns, verdict) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') "
+                "ON CONFLICT (path) DO UPDATE SET config = COALESCE(excluded.config, config), "
+                "origin = excluded.origin, job_id = excluded.job_id, last_seq = excluded.last_seq, "
+                "dev = excluded.dev, ino = excluded.ino, size = excluded.size, "
+                "mtime_ns = excluded.mtime_ns, verdict = 'pending', reason = NULL, "
+                "quarantined_to = NULL, removed = 0",
+                (path, config, origin, job_id, last_seq, *stat),
+            )
+
+    def record_verdict(
+        self,
+        path: str,
+        *,
+        ok: bool,
+        reason: str | None,
+        sha256: str | None,
+        config: str | None,
+        quarantined_to: str | None = None,
+    ) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE checkpoints SET verdict = ?, reason = ?, sha256 = ?, validated_at = ?, "
+                "config = COALESCE(config, ?), quarantined_to = ? WHERE path = ?",
+                ("ok" if ok else "bad", reason, sha256, time.time(), config, quarantined_to, path),
+            )
+
+    def set_checkpoint_flags(
+        self, path: str, *, pinned: bool | None = None, removed: bool | None = None
+    ) -> bool:
+        """Pin or unpin, or mark removed; False when the path is not registered."""
+        with self._transaction():
+            cur = self._db.execute(
+                "UPDATE checkpoints SET pinned = COALESCE(?, pinned), removed = COALESCE(?, removed) "
+                "WHERE path = ?",
+                (
+                    None if pinned is None else int(pinned),
+                    None if removed is None else int(removed),
+                    path,
+                ),
+            )
+        return cur.rowcount > 0
+
+    def checkpoint_jobs(self) -> list[tuple[str, str, str, int]]:
+        """(checkpoint path, config, job id, last seq) of every successful job."""
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in self._db.execute(
+                "SELECT checkpoint, config, id, last_seq FROM jobs "
+                "WHERE state = 'succeeded' AND checkpoint IS NOT NULL"
+            )
+        ]
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -146,6 +146,19 @@ def _check_loopback(value: str) -> str:
     return value
 
 
+class ModelsSettings(_Model):
+    """The checkpoint registry."""
+
+    # Also register *.pt / *.pth below these (ringd never removes files it did not write).
+    dirs: list[ConfigPath] = Field(default_factory=list)
+    # Per config, the newest `keep` validated checkpoints of ringd's own are kept...
+    keep: int = Field(default=5, ge=1)
+    # ...and older ones deleted only with `delete_old` (pinned ones never).
+    retention: Literal["keep_all", "delete_old"] = "keep_all"
+    # Child processes validating new or changed files at once (lowest I/O priority).
+    validate_concurrency: int = Field(default=1, ge=1, le=16)
+
+
 class ControlSettings(_Model):
     socket: ConfigPath | None = None
     # Optional TCP listener for Prometheus scrapes of /metrics; loopback only.
@@ -165,6 +178,7 @@ class Settings(_Model):
     ramdisk: list[RamdiskMapping] = Field(default_factory=list)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
     configs: dict[ConfigName, ConfigEntry] = Field(default_factory=dict)
 
     @property

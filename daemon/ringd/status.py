@@ -315,3 +315,28 @@ def jobs_view(jobs: Sequence[Mapping[str, Any]], now: float | None = None) -> Re
 
 
 _JOB_STYLE = {"succeeded": "green", "failed": "red", "running": "magenta", "interrupted": "yellow"}
+
+
+def models_view(models: Mapping[str, Any]) -> RenderableType:
+    """`ringd models`: per config the latest validated checkpoint, counts and sizes."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("config", "ok", "bad", "pending", "size", "latest"):
+        table.add_column(column, no_wrap=column != "latest")
+    for name, c in models["configs"].items():
+        table.add_row(
+            name,
+            str(c["ok"]),
+            Text(str(c["bad"]), style="red" if c["bad"] else ""),
+            str(c["pending"]),
+            f"{c['bytes'] / 1e6:,.1f} MB",
+            c["latest"] or "-",
+        )
+    parts: list[RenderableType] = [table if models["configs"] else Text("no checkpoints yet")]
+    for c in models["checkpoints"]:
+        if c["verdict"] == "bad":
+            where = c["quarantined_to"] or c["path"]
+            parts.append(Text(f"bad: {c['path']}: {c['reason']} (now {where})", style="red"))
+    stats = models.get("stats") or {}
+    if stats.get("last_error"):
+        parts.append(Text(f"validation failing: {stats['last_error']}", style="red"))
+    return Group(*parts)
