@@ -22,7 +22,6 @@ from pathlib import Path
 
 from _common import machine, table
 from _daemon import BenchDaemon
-
 from ringd import client
 
 OLD_BYTES = 153e9
@@ -44,14 +43,20 @@ def make(folder: Path, files: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=3000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="rd-reg-", dir="/tmp"))
     try:
         total = make(folder / "models", args.files)
-        daemon = BenchDaemon(folder, [folder / "selfplay"], extra="models:\n  dirs: [models]\n  validate_concurrency: 2\n")
+        daemon = BenchDaemon(
+            folder,
+            [folder / "selfplay"],
+            extra="models:\n  dirs: [models]\n  validate_concurrency: 2\n",
+        )
         (folder / "selfplay").mkdir()
         t0 = time.monotonic()
         daemon.start()
@@ -72,23 +77,40 @@ def main() -> None:
             "    torch.load(p, map_location='cpu', weights_only=True)\n"
             "print(time.perf_counter() - t)\n"
         )
-        baseline = float(subprocess.run([sys.executable, "-c", load, str(folder / "models")], capture_output=True, text=True, check=True).stdout)
+        baseline = float(
+            subprocess.run(
+                [sys.executable, "-c", load, str(folder / "models")],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
     finally:
         daemon.stop()
         shutil.rmtree(folder, ignore_errors=True)
     median = statistics.median(ready)
     scaled = baseline * OLD_BYTES / total
-    print(f"registry: {args.files:,} checkpoints, {total / 1e6:,.1f} MB; {machine()}; median of {args.runs} restarts")
-    print(table(
-        ["what", "s", "checkpoints opened"],
-        [
-            ["ringd restart to READY, all validated", f"{median:.3f}", str(max(validated))],
-            ["first start: validate all (background, 2 children)", f"{first_s:.1f}", f"{args.files:,}"],
-            ["torch.load of each (the old start-up)", f"{baseline:.1f}", f"{args.files:,}"],
-            ["torch.load scaled by bytes to 153 GB", f"{scaled:,.0f}", "2,992"],
-        ],
-    ))
-    print(f"target <= 0.5 s: {'MET' if median <= 0.5 and max(validated) == 0 else 'MISSED'} ({median:.3f} s, {max(validated)} opened)")
+    print(
+        f"registry: {args.files:,} checkpoints, {total / 1e6:,.1f} MB; {machine()}; median of {args.runs} restarts"
+    )
+    print(
+        table(
+            ["what", "s", "checkpoints opened"],
+            [
+                ["ringd restart to READY, all validated", f"{median:.3f}", str(max(validated))],
+                [
+                    "first start: validate all (background, 2 children)",
+                    f"{first_s:.1f}",
+                    f"{args.files:,}",
+                ],
+                ["torch.load of each (the old start-up)", f"{baseline:.1f}", f"{args.files:,}"],
+                ["torch.load scaled by bytes to 153 GB", f"{scaled:,.0f}", "2,992"],
+            ],
+        )
+    )
+    print(
+        f"target <= 0.5 s: {'MET' if median <= 0.5 and max(validated) == 0 else 'MISSED'} ({median:.3f} s, {max(validated)} opened)"
+    )
 
 
 if __name__ == "__main__":

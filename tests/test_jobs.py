@@ -227,3 +227,50 @@ def test_sigterm_stops_running_jobs_which_are_recorded_interrupted(make_daemon) 
     [job] = jobs(daemon)
     assert job["attempts"] == 2
     assert config(status, "square8_2p")["trained_through"] == 0
+
+
+def test_the_real_trainer_on_cpu_checkpoint_and_the_counter_starts_again(short_tmp: Path) -> None:
+    pytest.importorskip("torch", reason="the real trainer needs torch (the train extra)")
+    import random
+
+    from ringd.sim import game_line as sim_line
+    from ringd.sim import make_record
+
+    (short_tmp / "data" / "selfplay" / "gpu").mkdir(parents=True)
+    (short_tmp / "ringd.yaml").write_text(
+        "state_dir: var\nwatch:\n  roots: [data/selfplay]\n"
+        "training:\n  devices: cpu\n"
+        "  hyper: {channels: 8, blocks: 1, batch_size: 32, steps: 12, warmup_steps: 2, log_every: 2}\n"
+        "  window: {min_games: 50, max_games: 500}\n"
+        "configs:\n  square8_2p: {threshold: 6}\n"
+    )
+    rng = random.Random(5)
+    games = [
+        sim_line(make_record(rng, "square8_2p", "camel", f"r{i}", moves=30)) for i in range(10)
+    ]
+    daemon = DaemonProcess(short_tmp)
+    try:
+        daemon.start()
+        append(short_tmp / "data" / "selfplay" / "gpu" / "a.jsonl", b"".join(games[:6]))
+        daemon.wait_until(lambda s: config(s, "square8_2p")["state"] == "training", timeout=30)
+        append(
+            short_tmp / "data" / "selfplay" / "gpu" / "b.jsonl", b"".join(games[6:])
+        )  # meanwhile
+        status = daemon.wait_until(
+            lambda s: config(s, "square8_2p")["trained_through"] == 6, timeout=120
+        )
+        row = config(status, "square8_2p")
+        assert row["new_games"] == 4 and row["total_games"] == 10
+        [job] = jobs(daemon)
+        assert job["state"] == "succeeded", job
+        checkpoint = Path(job["checkpoint"])
+        assert checkpoint.exists() and checkpoint.stat().st_size > 0
+        # The registry validates it and points latest.pt at it; the next job warm-starts there.
+        latest = short_tmp / "var" / "models" / "square8_2p" / "latest.pt"
+        deadline = time.monotonic() + 60
+        while not latest.exists():
+            assert time.monotonic() < deadline, "the new checkpoint was never validated"
+            time.sleep(0.1)
+        assert latest.resolve() == checkpoint.resolve()
+    finally:
+        daemon.close()

@@ -198,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--writers", type=int, default=4, help="writer processes (default: %(default)s)")
     p.add_argument(
-        "--rate", type=float, default=20.0, help="games per second in all (default: %(default)s)"
+        "--rate", type=float, default=8.0, help="games per second in all (default: %(default)s)"
     )
     p.set_defaults(handler=_cmd_demo)
 

@@ -50,6 +50,7 @@ def run_demo(
     )
     sim_args = [python, "-m", "ringd.sim", str(settings.watch.roots[0] / "demo")]
     sim_args += ["--writers", str(writers), "--rate", str(rate), "--seed", str(time.time_ns())]
+    sim_args += ["--configs", ",".join(settings.configs)]
     if duration is not None:
         sim_args += ["--duration", str(duration)]
     sim = None

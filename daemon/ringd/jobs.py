@@ -365,7 +365,7 @@ def _plan(
         # The registry's validated latest (never a file that failed validation).
         "init_checkpoint": init,
         "seed": first,
-        "hyper": dict(training.hyper),
+        "hyper": training.hyper.model_dump(),
     }
     return job, spec
 

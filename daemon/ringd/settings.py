@@ -18,7 +18,12 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    model_validator,
 )
+
+# The job spec's hyperparameters: a torch-free contract module, validated here so
+# a typo in the YAML is an error at load, with its line.
+from ringd.train.spec import Hyper
 
 # `{board}_{players}p`; the board part may itself hold underscores and digits.
 CONFIG_NAME = re.compile(r"^(?P<board>[a-z][a-z0-9_]{0,31})_(?P<players>[1-8])p$")
@@ -109,6 +114,14 @@ class WindowSettings(_Model):
     alpha: float = Field(default=0.75, gt=0, le=1)
     beta: float = Field(default=0.4, gt=0)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowSettings:
+        if self.max_games < self.min_games:
+            raise ValueError(
+                f"max_games ({self.max_games}) must be >= min_games ({self.min_games})"
+            )
+        return self
+
 
 class TrainingSettings(_Model):
     enabled: bool = True
@@ -117,8 +130,8 @@ class TrainingSettings(_Model):
     # argv of a custom trainer; the job spec's path is appended.
     command: list[str] | None = None
     encoder: str = "grid"
-    # Passed to the trainer as the spec's `hyper` (batch_size, replay_ratio, lr, channels, ...).
-    hyper: dict[str, Any] = Field(default_factory=dict)
+    # The trainer's hyperparameters, written into each job spec (docs/training-job.md).
+    hyper: Hyper = Field(default_factory=Hyper)
     window: WindowSettings = Field(default_factory=WindowSettings)
     timeout_s: float = Field(default=6 * 3600, gt=0)
     # SIGTERM, then this long to save a resumable checkpoint, then SIGKILL.

@@ -244,7 +244,7 @@ def _state_text(row: ConfigStatus, now: float) -> Text:
     if row.state == "training" and row.job is not None:
         job = row.job
         if job.step is not None and job.total_steps:
-            text += Text(f" {100 * job.step / job.total_steps:.0f}% ({job.step}/{job.total_steps})")
+            text += Text(f" {100 * job.step / job.total_steps:.0f}%")
         if job.eta_s is not None:
             text += Text(f" ETA {_duration(job.eta_s)}", style="dim")
     elif row.state == "backoff" and row.backoff_until is not None:

@@ -1,0 +1,155 @@
+"""The window as samples, and which samples each training step draws (numpy, no torch).
+
+The window's samples are numbered 0..size-1 in window order (oldest game first, each
+game's positions in move order); they live in runs of consecutive rows of the cache's
+shards. Every loader tier draws the same samples for a step: the indices are a pure
+function of (seed, step) (:func:`batch_indices`), which is also what makes a resumed
+job draw exactly the batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ringd.train.cache import CacheEntry, ShardArrays
+from ringd.train.encode import Geometry
+
+IntArray = npt.NDArray[np.int64]
+
+
+def batch_indices(seed: int, step: int, size: int, batch: int) -> IntArray:
+    """The window indices of step ``step``'s batch: uniform, with replacement.
+
+    A fresh generator per step, seeded by (seed, step): no state to carry between
+    steps or processes, and any step can be recomputed on its own.
+    """
+    rng = np.random.default_rng([seed, step])
+    return rng.integers(0, size, size=batch, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class HostBatch:
+    """One batch in host memory, as stored (bit-packed planes)."""
+
+    planes: npt.NDArray[np.uint8]  # (batch, packed_bytes)
+    policy: npt.NDArray[np.int32]  # (batch,)
+    value: npt.NDArray[np.float32]  # (batch,)
+
+    @staticmethod
+    def empty(batch: int, geometry: Geometry) -> HostBatch:
+        return HostBatch(
+            np.empty((batch, geometry.packed_bytes), np.uint8),
+            np.empty(batch, np.int32),
+            np.empty(batch, np.float32),
+        )
+
+
+@dataclass(frozen=True)
+class Window:
+    """The window's samples: runs of consecutive shard rows, in window order."""
+
+    geometry: Geometry
+    shards: dict[int, ShardArrays]
+    run_shard: IntArray  # (runs,): the shard of each run
+    run_row: IntArray  # (runs,): its first row in that shard
+    run_start: IntArray  # (runs + 1,): its first window index; the last entry is the size
+
+    @staticmethod
+    def from_entries(
+        geometry: Geometry, entries: Sequence[CacheEntry], shards: dict[int, ShardArrays]
+    ) -> Window:
+        """The window of the games at ``entries`` (in window order; unencodable ones skipped)."""
+        run_shard: list[int] = []
+        run_row: list[int] = []
+        run_start: list[int] = [0]
+        for entry in entries:
+            if entry.count <= 0:
+                continue
+            if (
+                run_shard
+                and run_shard[-1] == entry.shard
+                and run_row[-1] + (run_start[-1] - run_start[-2]) == entry.start
+            ):
+                run_start[-1] += entry.count  # continues the previous run
+                continue
+            run_shard.append(entry.shard)
+            run_row.append(entry.start)
+            run_start.append(run_start[-1] + entry.count)
+        return Window(
+            geometry,
+            shards,
+            np.array(run_shard, np.int64),
+            np.array(run_row, np.int64),
+            np.array(run_start, np.int64),
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self.run_start[-1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the window's samples as stored."""
+        return self.size * self.geometry.sample_bytes
+
+    def materialize(self, out: HostBatch, start: int = 0, stop: int | None = None) -> None:
+        """Copy window indices ``start..stop`` (default: all), in order, into ``out[0:]``."""
+        stop = self.size if stop is None else stop
+        first = int(np.searchsorted(self.run_start, start, side="right")) - 1
+        for r in range(max(0, first), len(self.run_shard)):
+            a, b = max(start, int(self.run_start[r])), min(stop, int(self.run_start[r + 1]))
+            if a >= stop:
+                break
+            if a >= b:
+                continue
+            shard = self.shards[int(self.run_shard[r])]
+            row = int(self.run_row[r]) + a - int(self.run_start[r])
+            out.planes[a - start : b - start] = shard.planes[row : row + b - a]
+            out.policy[a - start : b - start] = shard.policy[row : row + b - a]
+            out.value[a - start : b - start] = shard.value[row : row + b - a]
+
+    def locate(self, indices: IntArray) -> tuple[IntArray, IntArray]:
+        """The (shard, row) of each window index."""
+        run = np.searchsorted(self.run_start, indices, side="right") - 1
+        return self.run_shard[run], self.run_row[run] + (indices - self.run_start[run])
+
+    def gather(self, indices: IntArray, out: HostBatch, pool: Executor | None = None) -> None:
+        """Gather the samples at ``indices`` into ``out`` straight from the shards.
+
+        Vectorised per shard, rows in ascending order (sequential reads of a
+        memory-mapped file); with ``pool`` the pieces are read in parallel (numpy
+        releases the GIL while it copies, and page faults then overlap).
+        """
+        shard_of, row_of = self.locate(indices)
+        order = np.lexsort((row_of, shard_of))  # by shard, then row
+        bounds = np.flatnonzero(np.diff(shard_of[order])) + 1
+        pieces: list[tuple[int, IntArray]] = []
+        for group in np.split(order, bounds):
+            if group.size == 0:
+                continue
+            shard = int(shard_of[group[0]])
+            for chunk in np.array_split(group, max(1, group.size // _ROWS_PER_TASK)):
+                pieces.append((shard, chunk))
+
+        def copy(piece: tuple[int, IntArray]) -> None:
+            shard, where = piece
+            arrays = self.shards[shard]
+            rows = row_of[where]
+            out.planes[where] = arrays.planes[rows]
+            out.policy[where] = arrays.policy[rows]
+            out.value[where] = arrays.value[rows]
+
+        if pool is None or len(pieces) == 1:
+            for piece in pieces:
+                copy(piece)
+        else:
+            for future in [pool.submit(copy, piece) for piece in pieces]:
+                future.result()
+
+
+_ROWS_PER_TASK = 256  # enough rows per thread-pool task to amortise its overhead

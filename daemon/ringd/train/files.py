@@ -1,0 +1,48 @@
+"""Atomic file replacement: readers see the old file or the new one, never a torn one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (the directory entry is data too)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(
+    path: Path, write: Callable[[BinaryIO], None], *, sync_dir: bool = True
+) -> None:
+    """Create or replace ``path`` with what ``write`` writes: temp file, fsync, rename.
+
+    The temporary name is unique to this process, so a crashed writer's leftover never
+    collides with a live one. With ``sync_dir`` the folder is fsynced after the rename;
+    a caller renaming several files into one folder can pass False and call
+    :func:`fsync_dir` once at the end.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def write_bytes_atomically(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+
+    write_atomically(path, write, sync_dir=sync_dir)

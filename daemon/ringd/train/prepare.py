@@ -1,0 +1,248 @@
+"""Bring a job's window into the sample cache: look up, read + key-check, encode, append.
+
+Games already in the cache are not read again: their key is the hash of their bytes,
+so the cached samples are those of exactly this game wherever its file is now. The
+others are read back from their spans (a key mismatch or an unreadable file makes
+a game missing), encoded on every core (a process pool), and appended as new shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import msgspec
+
+from ringd.train.cache import CacheEntry, SampleCache
+from ringd.train.data import Window
+from ringd.train.encode import EncodeError, Encoder, Geometry, Samples, load_encoder
+from ringd.train.games import Missing, read_games
+from ringd.train.protocol import ExitCode, JobFailed
+from ringd.train.spec import GameSpan, JobSpec
+
+log = logging.getLogger(__name__)
+
+READ_BATCH = 512  # games read from disk at a time (bounds the memory of raw lines)
+CHUNK_GAMES = 32  # games per encoding task
+CHUNK_BYTES = 4 << 20  # ... or fewer if their lines are this large
+POOL_MIN_GAMES = 64  # fewer new games than this are encoded in-process (no pool start-up)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why the encoder could not encode a game; ``permanent`` failures are cached."""
+
+    reason: str
+    permanent: bool
+
+
+@dataclass(frozen=True)
+class Prepared:
+    window: Window
+    missing: list[Missing]  # games that could not be read back (or whose key mismatched)
+    rejected: list[tuple[int, str]]  # (window position, reason) of games the encoder refused
+    encoded: int  # games this job encoded
+    cached: int  # games found already encoded
+    new_games: int  # usable games with seq >= new_from_seq
+    new_samples: int  # their samples: what the number of steps follows
+    seq_first: int | None  # sequence range of the usable games
+    seq_last: int | None
+
+
+def worker_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def prepare_window(
+    spec: JobSpec,
+    encoder: Encoder,
+    geometry: Geometry,
+    *,
+    stop: Callable[[], bool],
+    workers: int | None = None,
+) -> Prepared:
+    """The window's samples, encoding (and caching) the games not encoded before.
+
+    ``stop`` is polled between encoding tasks; when it turns true, what has been
+    encoded so far is committed to the cache and :class:`JobFailed` (INTERRUPTED) is
+    raised. ``workers``: processes for encoding (default: every core this process may
+    use; 1 encodes in this process).
+    """
+    games = spec.games
+    cache_ = SampleCache(
+        Path(spec.samples_dir), spec.config, encoder.name, encoder.version, geometry
+    )
+    missing: list[Missing] = []
+    rejected: list[tuple[int, str]] = []
+    encoded = 0
+    with cache_.locked():
+        entries: list[CacheEntry | None] = cache_.lookup([g.key_bytes for g in games])
+        todo = [i for i, entry in enumerate(entries) if entry is None]
+        cached = len(games) - len(todo)
+        for i, entry in enumerate(entries):
+            if entry is not None and entry.count < 0:
+                rejected.append((i, "rejected by the encoder when first seen"))
+        if todo:
+            log.info("encoding %d new games (%d already cached)", len(todo), cached)
+            n_workers = workers if workers is not None else worker_count()
+            use_pool = n_workers > 1 and len(todo) >= POOL_MIN_GAMES
+            writer = cache_.writer()
+            executor = (
+                ProcessPoolExecutor(
+                    max_workers=n_workers,
+                    # spawn: the parent may hold threads (and later torch); forking those is unsafe.
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_init,
+                )
+                if use_pool
+                else None
+            )
+            try:
+                results = _encode(
+                    executor, encoder, geometry, games, todo, missing, stop, 2 * n_workers
+                )
+                for i, result in results:
+                    if isinstance(result, Failure):
+                        rejected.append((i, result.reason))
+                        if result.permanent:
+                            entries[i] = writer.add(games[i].key_bytes, None)
+                    else:
+                        entries[i] = writer.add(games[i].key_bytes, result)
+                    encoded += 1
+            finally:
+                # Whatever was encoded is kept, interrupted or not: never encoded twice.
+                if executor is not None:
+                    executor.shutdown(wait=True, cancel_futures=True)
+                writer.flush()
+            if stop():
+                raise JobFailed(
+                    ExitCode.INTERRUPTED,
+                    f"interrupted while encoding games: {encoded} of {len(todo)} encoded, "
+                    "kept in the sample cache",
+                )
+    # Usable: in the cache with samples (a missing game was never encoded, so has no entry).
+    usable = [(i, e) for i, e in enumerate(entries) if e is not None and e.count >= 0]
+    shards = {s: cache_.open_shard(s) for s in sorted({e.shard for _, e in usable})}
+    window = Window.from_entries(geometry, [e for _, e in usable], shards)
+    new = [e for i, e in usable if games[i].seq >= spec.new_from_seq]
+    return Prepared(
+        window=window,
+        missing=missing,
+        rejected=sorted(rejected),
+        encoded=encoded,
+        cached=cached,
+        new_games=len(new),
+        new_samples=sum(e.count for e in new),
+        seq_first=games[usable[0][0]].seq if usable else None,
+        seq_last=games[usable[-1][0]].seq if usable else None,
+    )
+
+
+def _encode(
+    executor: Executor | None,
+    encoder: Encoder,
+    geometry: Geometry,
+    games: Sequence[GameSpan],
+    todo: list[int],
+    missing: list[Missing],
+    stop: Callable[[], bool],
+    in_flight: int,
+) -> Iterator[tuple[int, Samples | Failure]]:
+    """(window position, samples or failure) of each readable game of ``todo``, in order.
+
+    Games are read READ_BATCH at a time and encoded in chunks; at most ``in_flight``
+    chunks are queued at once, so memory stays bounded however many games are new.
+    """
+    queue: deque[tuple[list[int], Future[list[Samples | Failure]]]] = deque()
+    for start in range(0, len(todo), READ_BATCH):
+        if stop():
+            break
+        read = read_games(games, todo[start : start + READ_BATCH])
+        missing.extend(read.missing)
+        for chunk in _chunks(sorted(read.lines), read.lines):
+            if stop():
+                break
+            lines = [read.lines[i] for i in chunk]
+            if executor is None:  # a few games: encode here, with this encoder object
+                future: Future[list[Samples | Failure]] = Future()
+                future.set_result(_encode_lines(encoder, geometry, lines))
+            else:
+                future = executor.submit(_encode_chunk, encoder.name, geometry, lines)
+            queue.append((chunk, future))
+            while len(queue) >= in_flight:
+                yield from _drain(queue.popleft())
+    while queue:
+        item = queue.popleft()
+        # Stopping: keep what is already encoded, drop what is not (the caller cancels it).
+        if not stop() or item[1].done():
+            yield from _drain(item)
+
+
+def _drain(
+    item: tuple[list[int], Future[list[Samples | Failure]]],
+) -> Iterator[tuple[int, Samples | Failure]]:
+    chunk, future = item
+    yield from zip(chunk, future.result(), strict=True)
+
+
+def _chunks(positions: list[int], lines: dict[int, bytes]) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    size = 0
+    for i in positions:
+        chunk.append(i)
+        size += len(lines[i])
+        if len(chunk) >= CHUNK_GAMES or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _encode_lines(
+    encoder: Encoder, geometry: Geometry, lines: list[bytes]
+) -> list[Samples | Failure]:
+    out: list[Samples | Failure] = []
+    for line in lines:
+        try:
+            record = msgspec.json.decode(line)
+            if not isinstance(record, dict):
+                raise EncodeError("the line is not a JSON object")
+            samples = encoder.encode(record, geometry)
+            samples.check(geometry)
+            out.append(samples)
+        except (EncodeError, msgspec.DecodeError) as e:
+            out.append(Failure(str(e), permanent=True))
+        except Exception as e:
+            # An encoder bug rather than a bad record: skip the game in this job but do
+            # not cache the failure, so a fixed encoder (same version) encodes it later.
+            out.append(Failure(f"encoder crashed: {type(e).__name__}: {e}", permanent=False))
+    return out
+
+
+@cache
+def _worker_encoder(name: str) -> Encoder:
+    return load_encoder(name)
+
+
+def _encode_chunk(name: str, geometry: Geometry, lines: list[bytes]) -> list[Samples | Failure]:
+    """Runs in a pool process: the encoder is loaded there by name, once."""
+    return _encode_lines(_worker_encoder(name), geometry, lines)
+
+
+def _worker_init() -> None:
+    # A stop (SIGTERM from the daemon, which signals the whole process group, or Ctrl-C
+    # on a terminal) is the job's to handle: it stops submitting, keeps what is encoded
+    # and shuts the pool down. A worker killed mid-task would break the pool instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
