@@ -170,6 +170,7 @@ def job(
     batch: int,
     steps: int,
     device: torch.device,
+    loader: str = "auto",
 ) -> Figure:
     """``python -m ringd.train`` on the cached window; steady-state samples/s and GPU use."""
     out = folder / f"job-{config}-{batch}"
@@ -179,7 +180,7 @@ def job(
         output_dir=str(out), device=str(device), job_id=f"bench-{config}-{batch}",
         hyper={
             "batch_size": batch, "steps": steps, "channels": shape.channels, "blocks": shape.blocks,
-            "log_every": max(5, steps // 40), "checkpoint_every_s": 1e9,
+            "log_every": max(5, steps // 40), "checkpoint_every_s": 1e9, "loader": loader,
         },
     )  # fmt: skip
     env = dict(os.environ)
@@ -237,7 +238,7 @@ def case(
     if device.type == "cuda":
         torch.cuda.empty_cache()
     steps = int(min(50_000, max(60, top.samples_per_s * seconds * 1.5 / batch)))
-    real = job(folder, config, spans, shape, batch, steps, device)
+    real = job(folder, config, spans, shape, batch, steps, device, args.loader)
     print(f"  job: {real.samples_per_s:,.0f} samples/s ({real.note}; {steps} steps)", flush=True)
     old = eager_per_sample(arrays, geometry, shape, batch, device, seconds)
     print(f"  eager + per-sample get_batch: {old.samples_per_s:,.0f} samples/s", flush=True)
@@ -279,6 +280,12 @@ def main() -> None:
         "--games", type=int, default=None, help="games per corpus (default per board)"
     )
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ringd-bench/train"))
+    parser.add_argument(
+        "--loader",
+        choices=["auto", "resident", "pinned", "mmap"],
+        default="auto",
+        help="force the job's loader tier (default: the job chooses)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.device = args.device or "cpu"

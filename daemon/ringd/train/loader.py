@@ -270,7 +270,7 @@ class ResidentLoader:
     tier: Tier = "resident"
 
     def __init__(self, window: Window, *, device: torch.device, batch: int, seed: int) -> None:
-        self._device = device
+        self._device = _with_index(device)
         self._batch = batch
         self._seed = seed
         self._size = window.size
@@ -367,7 +367,7 @@ class PrefetchLoader:
         self.tier = tier
         self._fill = fill
         self._size = window.size
-        self._device = device
+        self._device = _with_index(device)
         self._batch = batch
         self._seed = seed
         self._steps = range(start_step, stop_step)
@@ -439,3 +439,11 @@ class PrefetchLoader:
         self._thread.join()
         if self._on_close is not None:
             self._on_close()
+
+
+def _with_index(device: torch.device) -> torch.device:
+    # "cuda" means the current GPU of the thread that made the loader; its
+    # producer thread must pin that one, not whatever is current there.
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
