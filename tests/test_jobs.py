@@ -274,3 +274,20 @@ def test_the_real_trainer_on_cpu_checkpoint_and_the_counter_starts_again(short_t
         assert latest.resolve() == checkpoint.resolve()
     finally:
         daemon.close()
+
+
+def test_warm_start_only_from_a_latest_checkpoint_of_the_configured_size(tmp_path: Path) -> None:
+    from ringd.jobs import _warm_start
+    from ringd.settings import TrainingSettings
+
+    checkpoint = tmp_path / "final.pt"
+    checkpoint.write_bytes(b"weights")
+    checkpoint.with_suffix(".json").write_text(json.dumps({"meta": {"model": {"channels": 8, "blocks": 1}}}))
+    latest = tmp_path / "models" / "hex8_2p" / "latest.pt"
+    latest.parent.mkdir(parents=True)
+    latest.symlink_to(checkpoint)
+    same = TrainingSettings.model_validate({"hyper": {"channels": 8, "blocks": 1}})
+    bigger = TrainingSettings.model_validate({"hyper": {"channels": 64, "blocks": 6}})
+    assert _warm_start(latest, same) == str(checkpoint)
+    assert _warm_start(latest, bigger) is None
+    assert _warm_start(tmp_path / "models" / "square8_2p" / "latest.pt", same) is None

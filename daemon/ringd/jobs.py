@@ -120,8 +120,7 @@ class JobRunner:
     async def start(self, config: str, slot: Slot, triggered: bool) -> JobRow | None:
         """Start a job for a config's new games on a slot (None: nothing to train)."""
         training = self.settings.training
-        latest = self.settings.state_dir / "models" / config / "latest.pt"
-        init = os.path.realpath(latest) if latest.is_symlink() and latest.exists() else None
+        init = _warm_start(self.settings.state_dir / "models" / config / "latest.pt", training)
         plan = await self.db(lambda db: _plan(db, config, training, triggered, init))
         if plan is None:
             return None
@@ -368,6 +367,31 @@ def _plan(
         "hyper": training.hyper.model_dump(),
     }
     return job, spec
+
+
+def _warm_start(latest: Path, training: TrainingSettings) -> str | None:
+    """The validated latest checkpoint, if it fits the configured network size.
+
+    After an edit of `training.hyper.channels` or `blocks` it no longer does:
+    start from scratch rather than fail every job on mismatched shapes.
+    """
+    if not (latest.is_symlink() and latest.exists()):
+        return None
+    path = os.path.realpath(latest)
+    try:
+        model = json.loads(Path(path).with_suffix(".json").read_bytes())["meta"]["model"]
+        fits = (model["channels"], model["blocks"]) == (
+            training.hyper.channels,
+            training.hyper.blocks,
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        fits = True  # no sidecar to tell: the job checks the shapes itself
+    if not fits:
+        log.warning(
+            "latest checkpoint has another network size; training from scratch", checkpoint=path
+        )
+        return None
+    return path
 
 
 def _outcome(
