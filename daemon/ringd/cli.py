@@ -87,8 +87,7 @@ def _parser() -> argparse.ArgumentParser:
             "total games, state and the age of the last game. Exit 2 when no daemon answers."
         ),
     )
-    p.add_argument("--config", type=Path, help=config_help)
-    p.add_argument("--socket", type=Path, help=socket_help)
+    _daemon_args(p, config_help, socket_help)
     p.add_argument("--json", action="store_true", help="print the status JSON instead")
     p.add_argument("--watch", action="store_true", help="refresh the table every second")
     p.set_defaults(handler=_cmd_status)
@@ -97,16 +96,14 @@ def _parser() -> argparse.ArgumentParser:
         "events",
         help="follow the daemon's event stream (JSON lines: games, files, rejects, reloads)",
     )
-    p.add_argument("--config", type=Path, help=config_help)
-    p.add_argument("--socket", type=Path, help=socket_help)
+    _daemon_args(p, config_help, socket_help)
     p.set_defaults(handler=_cmd_events)
 
     p = sub.add_parser(
         "jobs",
         help="recent training jobs: state, progress, duration, checkpoint",
     )
-    p.add_argument("--config", type=Path, help=config_help)
-    p.add_argument("--socket", type=Path, help=socket_help)
+    _daemon_args(p, config_help, socket_help)
     p.add_argument("--json", action="store_true", help="print the jobs as JSON")
     p.set_defaults(handler=_cmd_jobs)
 
@@ -117,8 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("name", metavar="CONFIG", help="a configuration, e.g. square8_2p")
-        p.add_argument("--config", type=Path, help=config_help)
-        p.add_argument("--socket", type=Path, help=socket_help)
+        _daemon_args(p, config_help, socket_help)
         p.set_defaults(handler=_cmd_config_action, action=name)
 
     p = sub.add_parser(
@@ -130,8 +126,7 @@ def _parser() -> argparse.ArgumentParser:
             "(one file or all); `pin PATH` keeps a checkpoint from retention."
         ),
     )
-    p.add_argument("--config", type=Path, help=config_help)
-    p.add_argument("--socket", type=Path, help=socket_help)
+    _daemon_args(p, config_help, socket_help)
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.add_argument("--config-name", metavar="NAME", help="only this configuration, e.g. square8_2p")
     p.set_defaults(handler=_cmd_models)
@@ -146,8 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("logs", help="print a training job's log (the trainer's stderr)")
     p.add_argument("job", metavar="JOB", help="a job id from `ringd jobs`")
-    p.add_argument("--config", type=Path, help=config_help)
-    p.add_argument("--socket", type=Path, help=socket_help)
+    _daemon_args(p, config_help, socket_help)
     p.set_defaults(handler=_cmd_logs)
 
     p = sub.add_parser(
@@ -208,6 +202,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_schema)
     return parser
+
+
+def _daemon_args(p: argparse.ArgumentParser, config_help: str, socket_help: str) -> None:
+    """--config and --socket: how a command finds the running daemon."""
+    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--socket", type=Path, help=socket_help)
 
 
 def _config_path(arg: Path | None) -> Path:

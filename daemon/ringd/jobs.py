@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import functools
 import json
-import math
 import os
 import shutil
 import signal
@@ -476,9 +475,3 @@ def _write_atomically(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def eta(progress: dict[str, Any]) -> float | None:
-    """Seconds left, from a progress event."""
-    value = progress.get("eta_s")
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
