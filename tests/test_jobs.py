@@ -282,7 +282,9 @@ def test_warm_start_only_from_a_latest_checkpoint_of_the_configured_size(tmp_pat
 
     checkpoint = tmp_path / "final.pt"
     checkpoint.write_bytes(b"weights")
-    checkpoint.with_suffix(".json").write_text(json.dumps({"meta": {"model": {"channels": 8, "blocks": 1}}}))
+    checkpoint.with_suffix(".json").write_text(
+        json.dumps({"meta": {"model": {"channels": 8, "blocks": 1}}})
+    )
     latest = tmp_path / "models" / "hex8_2p" / "latest.pt"
     latest.parent.mkdir(parents=True)
     latest.symlink_to(checkpoint)
@@ -291,3 +293,21 @@ def test_warm_start_only_from_a_latest_checkpoint_of_the_configured_size(tmp_pat
     assert _warm_start(latest, same) == str(checkpoint)
     assert _warm_start(latest, bigger) is None
     assert _warm_start(tmp_path / "models" / "square8_2p" / "latest.pt", same) is None
+
+
+def test_slots_one_per_gpu_found_by_nvidia_smi_else_one_cpu_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ringd.jobs import Slot, detect_slots
+
+    assert detect_slots("cpu") == [Slot("cpu", "cpu", "")]
+    assert detect_slots([2, 3]) == [Slot("cuda:2", "cuda", "2"), Slot("cuda:3", "cuda", "3")]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi, no driver: one CPU slot
+    assert detect_slots("auto") == [Slot("cpu", "cpu", "")]
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H200 (UUID: GPU-b)'\n"
+    )
+    smi.chmod(0o755)
+    assert [s.name for s in detect_slots("auto")] == ["cuda:0", "cuda:1"]
+    assert [s.cuda_visible_devices for s in detect_slots("auto")] == ["0", "1"]

@@ -179,3 +179,46 @@ def test_latest_follows_the_newest_valid_checkpoint_and_pin_keeps_it(
         assert "hex8_3p" in text and str(folder / "old.pt") in text and "bad:" in text
     finally:
         models_daemon.close()
+
+
+def test_retention_keeps_the_newest_own_and_pinned_and_never_foreign_files(tmp_path: Path) -> None:
+    from ringd.ledger import Ledger
+    from ringd.registry import prune
+
+    with Ledger(tmp_path / "ledger.sqlite") as db:
+        paths = []
+        for seq in range(1, 5):
+            path = tmp_path / "jobs" / f"job{seq}" / "final.pt"
+            write_valid(path, config="hex8_2p")
+            st = path.stat()
+            stat = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            db.register_checkpoint(
+                str(path),
+                config="hex8_2p",
+                origin="job",
+                job_id=f"j{seq}",
+                last_seq=seq * 10,
+                stat=stat,
+            )
+            db.record_verdict(str(path), ok=True, reason=None, sha256="x", config="hex8_2p")
+            paths.append(path)
+        foreign = tmp_path / "theirs" / "old.pt"
+        write_valid(foreign, config="hex8_2p")
+        st = foreign.stat()
+        db.register_checkpoint(
+            str(foreign),
+            config="hex8_2p",
+            origin="dir",
+            job_id=None,
+            last_seq=None,
+            stat=(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+        )
+        db.record_verdict(str(foreign), ok=True, reason=None, sha256="y", config="hex8_2p")
+        db.set_checkpoint_flags(str(paths[0]), pinned=True)
+        removed = prune(db, keep=2)
+        assert removed == [str(paths[1])]
+        assert (
+            paths[0].exists() and not paths[1].exists() and paths[2].exists() and paths[3].exists()
+        )
+        assert not paths[1].with_suffix(".json").exists() and foreign.exists()
+        assert db.checkpoints()[str(paths[1])].removed
