@@ -63,7 +63,6 @@ class MappingStatus:
     flushed_games: int = 0
     flushed_bytes: int = 0
     last_flush_at: float | None = None
-    oldest_pending_since: float | None = None
     deleted_sources: int = 0
     errors: int = 0
     last_error: str | None = None
