@@ -157,4 +157,3 @@ class Window:
 
 
 _PARALLEL_ROWS = 8192
-
