@@ -305,12 +305,18 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     return _with_daemon(args, show)
 
 
-def _cmd_config_action(args: argparse.Namespace) -> int:
+def _post(args: argparse.Namespace, url: str) -> int:
+    """An operator's action: POST it to the daemon and print its answer."""
+
     def act(path: Path) -> int:
-        print(client.post_json(path, f"/v1/configs/{args.name}/{args.action}")["message"])
+        print(client.post_json(path, url)["message"])
         return EXIT_OK
 
     return _with_daemon(args, act)
+
+
+def _cmd_config_action(args: argparse.Namespace) -> int:
+    return _post(args, f"/v1/configs/{args.name}/{args.action}")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -334,24 +340,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_models_validate(args: argparse.Namespace) -> int:
     query = f"?{urllib.parse.urlencode({'path': os.path.abspath(args.path)})}" if args.path else ""
-
-    def act(path: Path) -> int:
-        print(client.post_json(path, f"/v1/models/validate{query}")["message"])
-        return EXIT_OK
-
-    return _with_daemon(args, act)
+    return _post(args, f"/v1/models/validate{query}")
 
 
 def _cmd_models_pin(args: argparse.Namespace) -> int:
     query = urllib.parse.urlencode(
         {"path": os.path.abspath(args.path), "pinned": 0 if args.unpin else 1}
     )
-
-    def act(path: Path) -> int:
-        print(client.post_json(path, f"/v1/models/pin?{query}")["message"])
-        return EXIT_OK
-
-    return _with_daemon(args, act)
+    return _post(args, f"/v1/models/pin?{query}")
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
