@@ -418,3 +418,41 @@ def test_a_stalled_notify_reader_never_blocks_the_daemon(short_tmp: Path) -> Non
     finally:
         proc.kill()
         stalled.close()
+
+
+def test_a_full_disk_under_the_ledger_loses_nothing_and_the_daemon_keeps_running(
+    short_tmp: Path,
+) -> None:
+    import resource
+
+    (short_tmp / "data" / "selfplay").mkdir(parents=True)
+    text = (
+        write_config(short_tmp)
+        .read_text()
+        .replace("roots: [data/selfplay]", "roots: [data/selfplay]\n  rescan_interval_s: 1")
+    )
+    (short_tmp / "ringd.yaml").write_text(text)
+    daemon = DaemonProcess(short_tmp)
+    # A file size limit stands in for a full disk: SQLite's writes past it fail.
+    daemon.prefix = ["prlimit", "--fsize=600000:unlimited"]
+    try:
+        daemon.start()
+        append(
+            short_tmp / "data" / "selfplay" / "a.jsonl",
+            b"".join(game_line("square8", 2, i, pad=50) for i in range(6000)),
+        )
+        status = daemon.wait_until(lambda s: s["daemon"]["ingest_errors"] > 0, timeout=30)
+        assert (
+            "disk is full" in status["daemon"]["last_ingest_error"]
+            or "ledger write failed" in status["daemon"]["last_ingest_error"]
+        )
+        assert _raw_get(daemon.socket, "/healthz").endswith("ok\n")  # still serving
+        # Space again: the next reconciliation indexes everything, once.
+        resource.prlimit(
+            daemon.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        )
+        daemon.wait_until(lambda s: s["total_games"] == 6000, timeout=30)
+        time.sleep(1.5)
+        assert daemon.status()["total_games"] == 6000
+    finally:
+        daemon.close()

@@ -112,6 +112,8 @@ class Daemon:
                 "ready": self._ready,
                 "roots": [str(r) for r in self.settings.watch.roots],
                 "slots": [slot.name for slot in self.slots],
+                "ingest_errors": self.ingest.errors,
+                "last_ingest_error": self.ingest.last_error,
             },
         )
 

@@ -9,6 +9,7 @@ their sequence ranges, newly discovered files, rejects.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,13 +36,21 @@ class Ingest:
         self._bus = bus
         self._metrics = metrics
         self._stop = threading.Event()
+        # Ledger writes that failed (disk full, I/O error): nothing was committed,
+        # so the same games are read again by the next scan.
+        self.errors = 0
+        self.last_error: str | None = None
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def scan(self, roots: Sequence[Path | str], max_line: int, reason: str) -> ScanReport:
         """A reconciliation scan of `roots` (or of a directory that just appeared)."""
-        report = await self._run(lambda: scan(self._ledger, roots, max_line, stop=self._stop))
+        try:
+            report = await self._run(lambda: scan(self._ledger, roots, max_line, stop=self._stop))
+        except sqlite3.Error as e:
+            self._failed(e, reason=reason)
+            return ScanReport(errors=[f"ledger write failed: {e}"])
         self._metrics.scan_duration.labels(reason).observe(report.seconds)
         for path in report.new_files:
             self._bus.publish("file", path=path)
@@ -69,7 +78,11 @@ class Ingest:
 
     async def index(self, paths: Iterable[str], max_line: int) -> None:
         """Index files named by watch events."""
-        results = await self._run(lambda: self._index_all(sorted(set(paths)), max_line))
+        try:
+            results = await self._run(lambda: self._index_all(sorted(set(paths)), max_line))
+        except sqlite3.Error as e:
+            self._failed(e, reason="watch event")
+            return
         now = time.time()
         for path, result in results:
             if isinstance(result, OSError):
@@ -110,6 +123,16 @@ class Ingest:
         if rejects:
             self._bus.publish("rejects", reasons=rejects, **context)
             log.warning("rejected lines", reasons=rejects, **context)
+
+    def _failed(self, error: sqlite3.Error, reason: str) -> None:
+        self.errors += 1
+        self.last_error = f"ledger write failed: {error}"
+        log.error(
+            "ledger write failed; nothing was committed, the next scan retries",
+            error=str(error),
+            reason=reason,
+        )
+        self._bus.publish("ingest_error", error=self.last_error)
 
     async def close(self) -> None:
         """Finish the transaction in flight, then close the ledger."""

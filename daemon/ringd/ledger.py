@@ -743,7 +743,9 @@ class Ledger:
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite may have rolled back already (disk full): then there is none.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             # Config ids cached inside the rolled-back transaction are void.
             self._config_ids = dict(self._db.execute("SELECT name, id FROM configs").fetchall())
             raise
