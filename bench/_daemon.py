@@ -12,14 +12,17 @@ from ringd import client
 
 
 class BenchDaemon:
-    def __init__(self, folder: Path, roots: list[Path], extra: str = "") -> None:
+    def __init__(
+        self, folder: Path, roots: list[Path], extra: str = "", state_dir: Path | None = None
+    ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "ringd.yaml"
-        self.socket = folder / "var" / "ringd.sock"
+        state = state_dir or folder / "var"
+        self.socket = state / "ringd.sock"
         roots_yaml = ", ".join(str(r) for r in roots)
         self.config.write_text(
-            f"state_dir: var\nwatch: {{roots: [{roots_yaml}], debounce_ms: 50}}\n"
+            f"state_dir: {state}\nwatch: {{roots: [{roots_yaml}], debounce_ms: 50}}\n"
             f"training: {{enabled: false}}\n{extra}configs:\n  square8_2p: {{threshold: 1000}}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from _common import machine, measure, table
+from _common import Timing, machine, measure, table
+from _daemon import BenchDaemon
 from ringd.ledger import Ledger
 from ringd.sim import write_corpus
 from ringd.watch import discover, scan
@@ -95,6 +97,15 @@ def main() -> None:
 
     t_scan = measure(in_process, args.runs)
     t_cmd = measure(command, args.runs)
+    # The daemon on the same ledger and tree: start to READY (its first
+    # reconciliation included), as systemd waits for it after a restart.
+    daemon = BenchDaemon(args.dir / "daemon", [root], state_dir=args.dir / "var")
+    ready = []
+    for _ in range(args.runs):
+        ready.append(daemon.start())
+        totals.append(daemon.status()["total_games"])
+        daemon.stop()
+    t_ready = statistics.median(ready)
     t_naive = measure(lambda: totals.append(naive_recount(paths)), max(1, args.runs // 2))
     assert set(totals) == {args.games}, set(totals)
 
@@ -103,6 +114,7 @@ def main() -> None:
         for name, t in (
             ("ringd scan, in process", t_scan),
             ("`ringd scan --json`, whole command", t_cmd),
+            ("`ringd run`: restart to READY", Timing(t_ready, 0.0, args.runs)),
             ("naive recount (json.loads every line)", t_naive),
         )
     ]
@@ -111,7 +123,8 @@ def main() -> None:
     )
     print(table(["what", "s", "faster than naive"], rows))
     print(
-        f"target <= 2 s: {'MET' if t_cmd.wall <= 2 else 'MISSED'} (whole command {t_cmd.wall:.3f} s)"
+        f"target <= 2 s: {'MET' if max(t_cmd.wall, t_ready) <= 2 else 'MISSED'} "
+        f"(scan command {t_cmd.wall:.3f} s, daemon restart to READY {t_ready:.3f} s)"
     )
 
 
