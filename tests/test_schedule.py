@@ -166,3 +166,27 @@ def test_invariants(
         if s == "ready" and n not in started_configs and n not in {j.config for j in kept}
     ]
     assert not (free and waiting and all(by_name[n].last_start is None for n in waiting))
+
+
+def test_every_failed_attempt_counts_towards_the_backoff_even_on_one_range(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ringd.ledger import Ledger
+
+    with Ledger(tmp_path / "ledger.sqlite") as db:
+        db.create_job("a-1-9", "a", 1, 9, 9, triggered=False)
+        for _ in range(3):  # the same range, retried
+            db.job_started("a-1-9", "cpu")
+            db.finish_job("a-1-9", "failed", exit_code=1, error="boom")
+        history = db.job_history()["a"]
+        assert (
+            history.failures == 3 and history.last_error == "boom" and history.last_success is None
+        )
+        db.create_job("a-1-12", "a", 1, 12, 12, triggered=False)
+        db.job_started("a-1-12", "cpu")
+        db.finish_job("a-1-12", "succeeded")
+        history = db.job_history()["a"]
+        assert (
+            history.failures == 0
+            and history.last_success is not None
+            and history.last_start is not None
+        )
+        assert db.trained_through("a") == 12

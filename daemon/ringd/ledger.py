@@ -198,6 +198,8 @@ class Span:
 
 JobState = str  # queued | running | succeeded | failed | interrupted
 FINISHED_STATES = ("succeeded", "failed", "interrupted")
+# Failures older than this many jobs no longer lengthen a backoff (it is capped anyway).
+HISTORY_ROWS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -630,32 +632,32 @@ class Ledger:
         return [_job(r) for r in rows]
 
     def job_history(self) -> dict[str, JobHistory]:
-        """Per config: last start, last success, consecutive failures, last failure and error."""
+        """Per config: last start, last success, consecutive failures, last failure and error.
+
+        Every failed attempt counts, also the retries of one range (one row), so
+        the backoff grows with each of them.
+        """
         out: dict[str, JobHistory] = {}
-        for config in {r[0] for r in self._db.execute("SELECT DISTINCT config FROM jobs")}:
+        summary = self._db.execute(
+            "SELECT config, MAX(started), MAX(CASE WHEN state = 'succeeded' THEN finished END) "
+            "FROM jobs GROUP BY config"
+        ).fetchall()
+        for config, last_start, last_success in summary:
             rows = self._db.execute(
-                "SELECT state, started, finished, error FROM jobs WHERE config = ? "
-                "ORDER BY COALESCE(finished, started, created) DESC",
-                (config,),
+                "SELECT state, finished, error, attempts FROM jobs WHERE config = ? "
+                "ORDER BY COALESCE(finished, started, created) DESC LIMIT ?",
+                (config, HISTORY_ROWS),
             ).fetchall()
-            starts = [r[1] for r in rows if r[1] is not None]
-            successes = [r[2] for r in rows if r[0] == "succeeded" and r[2] is not None]
             failures = 0
             last_failure = last_error = None
-            for state, _, finished, error in rows:
+            for state, finished, error, attempts in rows:
                 if state == "succeeded":
                     break
                 if state == "failed":
-                    failures += 1
+                    failures += max(1, attempts)
                     if last_failure is None:
                         last_failure, last_error = finished, error
-            out[config] = JobHistory(
-                max(starts) if starts else None,
-                max(successes) if successes else None,
-                failures,
-                last_failure,
-                last_error,
-            )
+            out[config] = JobHistory(last_start, last_success, failures, last_failure, last_error)
         return out
 
     # -- checkpoints ----------------------------------------------------------------------
