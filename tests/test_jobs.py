@@ -193,7 +193,9 @@ def test_the_higher_ratio_goes_first_with_one_slot_and_pause_and_trigger(make_da
 
 
 def test_jobs_and_logs_commands(make_daemon) -> None:  # type: ignore[no-untyped-def]
-    daemon = make_daemon("fail", "  hex8_3p: {threshold: 2}\n", backoff_base_s=60)
+    daemon = make_daemon(
+        "fail", "  hex8_3p: {threshold: 2}\n", backoff_base_s=60, backoff_cap_s=3600
+    )
     daemon.start()
     write_games(daemon, "hex8", 3, 0, 2)
     daemon.wait_until(lambda s: config(s, "hex8_3p")["state"] == "backoff")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, ringd
-from ringd.settings import ConfigError, Settings, load_settings, split_config_name
+from ringd.boards import split_config_name
+from ringd.settings import ConfigError, Settings, load_settings
 
 
 def errors_of(tmp_path: Path, text: str) -> list[str]:

@@ -25,6 +25,7 @@ import structlog
 import watchfiles
 
 from ringd import __version__, registry
+from ringd.boards import split_config_name
 from ringd.control import ControlServer, OperatorError
 from ringd.events import EventBus
 from ringd.ingest import Ingest
@@ -35,7 +36,7 @@ from ringd.metrics import Metrics
 from ringd.notify import Notifier, watchdog_interval
 from ringd.ramdisk import Flusher
 from ringd.schedule import ConfigView, Decision, Policy, RunningJob, decide
-from ringd.settings import ConfigError, Settings, load_settings, split_config_name
+from ringd.settings import ConfigError, Settings, load_settings
 from ringd.status import JobProgress, RamdiskStatus, Scheduling, Status, build_status, status_line
 from ringd.watch import SUFFIX
 

@@ -30,9 +30,11 @@ from typing import Any, TypeVar
 
 import structlog
 
+from ringd.boards import split_config_name
 from ringd.events import EventBus
+from ringd.fsutil import write_bytes_atomically
 from ringd.ledger import JobRow, Ledger
-from ringd.settings import Settings, TrainingSettings, split_config_name
+from ringd.settings import Settings, TrainingSettings
 
 T = TypeVar("T")
 log = structlog.get_logger("ringd.jobs")
@@ -130,7 +132,7 @@ class JobRunner:
         spec["device"] = slot.device
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"
-        _write_atomically(spec_path, json.dumps(spec, indent=1).encode())
+        write_bytes_atomically(spec_path, json.dumps(spec, indent=1).encode())
         argv = [*(training.command or [sys.executable, "-m", "ringd.train"]), str(spec_path)]
         await _stop_leftover(folder / "job.pid", spec_path, self.settings.training.grace_s)
         env = {
@@ -466,12 +468,3 @@ def _runs(pid: int, spec_path: Path) -> bool:
 def _signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

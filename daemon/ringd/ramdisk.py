@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ringd.fsutil import fsync_dir
 from ringd.settings import RamdiskMapping
 from ringd.watch import SUFFIX, discover
 
@@ -323,7 +324,7 @@ def _append(fd: int, target: str, start: int, end: int) -> tuple[int, int]:
     finally:
         os.close(tfd)
     if created:
-        _fsync_dir(os.path.dirname(target))
+        fsync_dir(os.path.dirname(target))
     return games, end - start
 
 
@@ -379,15 +380,7 @@ def _make_dirs(path: str) -> None:
             continue
         except OSError as e:
             raise FlushError(f"{directory}: cannot create directory: {_describe(e)}") from e
-        _fsync_dir(os.path.dirname(directory))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(os.path.dirname(directory))
 
 
 def _unlink_quietly(path: str) -> None:

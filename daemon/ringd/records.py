@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
 import msgspec
 import xxhash
 
-BOARD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-MAX_PLAYERS = 8
+from ringd.boards import BOARD_NAME, BOARD_NAME_RULE, MAX_PLAYERS, config_name
 
 
 class Reason(enum.StrEnum):
@@ -94,7 +92,7 @@ def parse_line(line: bytes) -> Game | Reject:
     if not isinstance(board, str):
         return Reject(Reason.BOARD_NOT_STRING, f"board is {type(board).__name__}: {board!r}")
     if not BOARD_NAME.match(board):
-        return Reject(Reason.BAD_BOARD_NAME, f"{board[:64]!r} is not [a-z][a-z0-9_]{{0,31}}")
+        return Reject(Reason.BAD_BOARD_NAME, f"{board[:64]!r} is not {BOARD_NAME_RULE}")
     if players is msgspec.UNSET or players is None:
         return Reject(Reason.MISSING_PLAYERS, "no numPlayers or num_players")
     if not isinstance(players, int) or isinstance(players, bool):
@@ -106,7 +104,7 @@ def parse_line(line: bytes) -> Game | Reject:
 
     ident = fields.id if fields.id is not msgspec.UNSET else fields.game_id
     return Game(
-        config=f"{board}_{players}p",
+        config=config_name(board, players),
         key=game_key(line),
         game_id=str(ident) if isinstance(ident, str | int) else None,
     )

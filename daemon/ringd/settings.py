@@ -23,10 +23,9 @@ from pydantic import (
 
 # The job spec's hyperparameters: a torch-free contract module, validated here so
 # a typo in the YAML is an error at load, with its line.
+from ringd.boards import BOARD_NAME_RULE, MAX_PLAYERS, split_config_name
 from ringd.train.spec import Hyper
 
-# `{board}_{players}p`; the board part may itself hold underscores and digits.
-CONFIG_NAME = re.compile(r"^(?P<board>[a-z][a-z0-9_]{0,31})_(?P<players>[1-8])p$")
 DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
@@ -38,17 +37,11 @@ class ConfigError(Exception):
         self.errors = errors
 
 
-def split_config_name(name: str) -> tuple[str, int] | None:
-    """`square8_2p` -> ("square8", 2); None when the name is not `{board}_{n}p`."""
-    m = CONFIG_NAME.match(name)
-    return (m["board"], int(m["players"])) if m else None
-
-
 def _check_config_name(name: str) -> str:
     if split_config_name(name) is None:
         raise ValueError(
             f"{name!r} is not a configuration name: expected {{board}}_{{n}}p, e.g. square8_2p "
-            "(board [a-z][a-z0-9_]*, at most 32 characters; n from 1 to 8)"
+            f"(board {BOARD_NAME_RULE}; n from 1 to {MAX_PLAYERS})"
         )
     return name
 

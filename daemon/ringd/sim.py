@@ -46,10 +46,18 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, Protocol
+
+from ringd.boards import (
+    BOARDS,
+    CONFIGS,
+    BoardShape,
+    Cell,
+    board_cells,
+    cell_from_raw,
+)
 
 __all__ = [
     "BOARDS",
@@ -68,62 +76,7 @@ __all__ = [
     "writer_main",
 ]
 
-Cell = tuple[int, ...]
 Dialect = Literal["camel", "snake"]
-
-
-# --------------------------------------------------------------------------- boards
-
-
-@dataclass(frozen=True)
-class BoardShape:
-    """A RingRift board: ``size`` is the side of a square board or the radius of a hex board."""
-
-    name: str
-    kind: Literal["square", "hex"]
-    size: int
-
-    def cells(self) -> list[Cell]:
-        """Every cell: ``(x, y)`` on square boards, cube ``(x, y, z)`` with ``x + y + z == 0`` on hex boards."""
-        return list(_cells(self))
-
-    def contains(self, cell: Sequence[int]) -> bool:
-        """Whether ``cell`` (in this board's coordinate form) lies on the board."""
-        if self.kind == "square":
-            return len(cell) == 2 and all(0 <= c < self.size for c in cell)
-        return len(cell) == 3 and sum(cell) == 0 and all(abs(c) <= self.size for c in cell)
-
-    @property
-    def board_size(self) -> int:
-        """The snake dialect's ``board_size``: the side, or for hex boards the side of the
-        square grid RingRift's GPU kernels embed them in (``2 * radius + 1``)."""
-        return self.size if self.kind == "square" else 2 * self.size + 1
-
-
-BOARDS: dict[str, BoardShape] = {
-    "square8": BoardShape("square8", "square", 8),
-    "square19": BoardShape("square19", "square", 19),
-    "hex8": BoardShape("hex8", "hex", 4),
-    "hexagonal": BoardShape("hexagonal", "hex", 12),
-}
-
-PLAYER_COUNTS = (2, 3, 4)
-CONFIGS: list[str] = [f"{board}_{n}p" for board in BOARDS for n in PLAYER_COUNTS]
-
-
-@cache
-def _cells(board: BoardShape) -> tuple[Cell, ...]:
-    if board.kind == "square":
-        return tuple((x, y) for y in range(board.size) for x in range(board.size))
-    r = board.size
-    return tuple(
-        (x, y, -x - y) for x in range(-r, r + 1) for y in range(max(-r, -x - r), min(r, -x + r) + 1)
-    )
-
-
-@cache
-def _cell_set(board: BoardShape) -> frozenset[Cell]:
-    return frozenset(_cells(board))
 
 
 _DIRECTIONS: dict[str, tuple[Cell, ...]] = {
@@ -156,15 +109,6 @@ def parse_config(config: str) -> tuple[BoardShape, int]:
         raise ValueError(f"unknown config {config!r}; expected one of {', '.join(CONFIGS)}")
     board, players = config.rsplit("_", 1)
     return BOARDS[board], int(players[:-1])
-
-
-def cell_from_raw(board: BoardShape, pos: Sequence[int]) -> Cell:
-    """Turn a raw snake-dialect ``[y, x]`` position into a cell of ``board``.
-
-    Square boards give ``(x, y)``; hex boards give the cube cell ``(x, y, -x - y)``.
-    """
-    y, x = pos[0], pos[1]
-    return (x, y) if board.kind == "square" else (x, y, -x - y)
 
 
 _PASS_PREFIXES = ("no_", "skip_")
@@ -217,8 +161,8 @@ class _Game:
         self.board = board
         self.players = players
         self.rules = _RULES[board.name]
-        self.cells = _cells(board)
-        self.cell_set = _cell_set(board)
+        self.cells = board_cells(board)
+        self.cell_set = frozenset(self.cells)
         self.dirs = _DIRECTIONS[board.kind]
         self.stacks: dict[Cell, int] = {}
         self.in_hand = [0] + [self.rules.rings] * players

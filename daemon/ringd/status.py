@@ -12,8 +12,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from ringd.boards import split_config_name
 from ringd.ledger import ConfigCount
-from ringd.settings import Settings, split_config_name
+from ringd.settings import Settings
 
 State = Literal["unconfigured", "idle", "ready", "training", "backoff", "paused"]
 

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ringd.fsutil import fsync_dir, write_atomically, write_bytes_atomically
 from ringd.train.encode import Geometry, Samples
-from ringd.train.files import fsync_dir, write_atomically, write_bytes_atomically
 
 MANIFEST = "index.json"
 MANIFEST_FORMAT = 1

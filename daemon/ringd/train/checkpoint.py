@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ringd.train.files import write_bytes_atomically
+from ringd.fsutil import write_bytes_atomically
 
 FORMAT = "ringd-checkpoint"
 FORMAT_VERSION = 1

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ringd.sim import BOARDS, BoardShape, cell_from_raw
+from ringd.boards import BOARDS, MAX_PLAYERS, BoardShape, cell_from_raw
 from ringd.train.encode import EncodeError, Geometry, Samples, UnsupportedBoard
 
 HISTORY = 2  # last moves per player shown as to/from planes
@@ -60,7 +60,6 @@ KINDS = (
 )
 _KIND = {name: i for i, name in enumerate(KINDS)}
 _PER_PLAYER = 2 * HISTORY + 1
-MAX_PLAYERS = 8
 
 
 def plane_count(players: int) -> int:

@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from ringd.boards import config_name
+
 SPEC_VERSION = 1
 
 _HEX_KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -111,10 +113,11 @@ class JobSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        if self.config != f"{self.board}_{self.players}p":
+        expected = config_name(self.board, self.players)
+        if self.config != expected:
             raise ValueError(
                 f"config {self.config!r} does not match board {self.board!r} and "
-                f"players {self.players} (expected {self.board}_{self.players}p)"
+                f"players {self.players} (expected {expected})"
             )
         if not _DEVICE.match(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")

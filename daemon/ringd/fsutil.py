@@ -1,4 +1,8 @@
-"""Atomic file replacement: readers see the old file or the new one, never a torn one."""
+"""Durable file operations shared by the daemon and the trainer.
+
+Atomic replacement (readers see the old file or the new one, never a torn one)
+and fsync of directories (a created or renamed entry is data too).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (the directory entry is data too)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_dir(folder: Path | str) -> None:
+    """Make a create or rename in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -20,10 +24,10 @@ def fsync_dir(folder: Path) -> None:
 def write_atomically(
     path: Path, write: Callable[[BinaryIO], None], *, sync_dir: bool = True
 ) -> None:
-    """Create or replace ``path`` with what ``write`` writes: temp file, fsync, rename.
+    """Create or replace `path` with what `write` writes: temp file, fsync, rename.
 
     The temporary name is unique to this process, so a crashed writer's leftover never
-    collides with a live one. With ``sync_dir`` the folder is fsynced after the rename;
+    collides with a live one. With `sync_dir` the folder is fsynced after the rename;
     a caller renaming several files into one folder can pass False and call
     :func:`fsync_dir` once at the end.
     """
@@ -42,6 +46,8 @@ def write_atomically(
 
 
 def write_bytes_atomically(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """:func:`write_atomically` for bytes already in memory."""
+
     def write(f: BinaryIO) -> None:
         f.write(data)
 
