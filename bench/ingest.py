@@ -22,7 +22,7 @@ from pathlib import Path
 from _common import machine, measure, table
 from ringd.ledger import Ledger
 from ringd.sim import write_corpus
-from ringd.watch import discover, scan
+from ringd.scan import discover, scan
 
 GAMES_PER_FILE = 400
 

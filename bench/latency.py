@@ -28,7 +28,7 @@ from _common import machine, table
 from _daemon import BenchDaemon
 from ringd.ledger import Ledger
 from ringd.sim import CONFIGS, game_line, make_record
-from ringd.watch import scan
+from ringd.scan import scan
 
 DIRS = [
     "gpu",

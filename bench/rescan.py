@@ -23,7 +23,7 @@ from _common import Timing, machine, measure, table
 from _daemon import BenchDaemon
 from ringd.ledger import Ledger
 from ringd.sim import write_corpus
-from ringd.watch import discover, scan
+from ringd.scan import discover, scan
 
 
 def build(folder: Path, files: int, games: int) -> None:

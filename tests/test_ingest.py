@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from conftest import append, game_line
 from ringd.ledger import Ledger
 from ringd.records import Reason
-from ringd.tail import Decision, FileStat, index_file, read_chunks
-from ringd.watch import ScanReport, scan
+from ringd.cursor import Decision, FileStat, index_file, read_chunks
+from ringd.scan import ScanReport, scan
 
 MAX_LINE = 1024 * 1024
 

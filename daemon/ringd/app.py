@@ -38,7 +38,7 @@ from ringd.ramdisk import Flusher
 from ringd.schedule import ConfigView, Decision, Policy, RunningJob, decide
 from ringd.settings import ConfigError, Settings, load_settings
 from ringd.status import JobProgress, RamdiskStatus, Scheduling, Status, build_status, status_line
-from ringd.watch import SUFFIX
+from ringd.scan import SUFFIX
 
 log = structlog.get_logger("ringd")
 

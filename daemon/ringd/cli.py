@@ -26,7 +26,7 @@ from ringd import __version__, client
 from ringd.ledger import Ledger, LedgerError
 from ringd.settings import ConfigError, Settings, load_settings
 from ringd.status import Status, build_status, jobs_view, models_view, view
-from ringd.watch import Plan, scan
+from ringd.scan import Plan, scan
 
 DEFAULT_CONFIG = "/etc/ringd/ringd.yaml"
 # A first scan smaller than this finishes before a bar would be worth drawing.

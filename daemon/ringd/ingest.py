@@ -22,8 +22,8 @@ import structlog
 from ringd.events import EventBus
 from ringd.ledger import Added, Ledger
 from ringd.metrics import Metrics
-from ringd.tail import Decision, FileResult, index_file
-from ringd.watch import ScanReport, scan
+from ringd.cursor import Decision, FileResult, index_file
+from ringd.scan import ScanReport, scan
 
 T = TypeVar("T")
 log = structlog.get_logger("ringd.ingest")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from ringd.fsutil import fsync_dir
 from ringd.settings import RamdiskMapping
-from ringd.watch import SUFFIX, discover
+from ringd.scan import SUFFIX, discover
 
 COPY_CHUNK = 8 * 1024 * 1024
 RETRY_FIRST_S = 1.0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ringd.ledger import Added, FileRow, Ledger, merge_added
-from ringd.tail import Decision, FileResult, FileStat, decide, index_file
+from ringd.cursor import Decision, FileResult, FileStat, decide, index_file
 
 SUFFIX = ".jsonl"
 
