@@ -279,7 +279,7 @@ def test_the_real_trainer_on_cpu_checkpoint_and_the_counter_starts_again(short_t
 
 
 def test_warm_start_only_from_a_latest_checkpoint_of_the_configured_size(tmp_path: Path) -> None:
-    from ringd.jobs import _warm_start
+    from ringd.service.jobs import _warm_start
     from ringd.settings import TrainingSettings
 
     checkpoint = tmp_path / "final.pt"
@@ -300,7 +300,7 @@ def test_warm_start_only_from_a_latest_checkpoint_of_the_configured_size(tmp_pat
 def test_slots_one_per_gpu_found_by_nvidia_smi_else_one_cpu_slot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ringd.jobs import Slot, detect_slots
+    from ringd.service.jobs import Slot, detect_slots
 
     assert detect_slots("cpu") == [Slot("cpu", "cpu", "")]
     assert detect_slots([2, 3]) == [Slot("cuda:2", "cuda", "2"), Slot("cuda:3", "cuda", "3")]

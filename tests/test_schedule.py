@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringd.schedule import ConfigView, Policy, RunningJob, backoff_until, decide
+from ringd.schedule import ConfigView, Policy, JobView, backoff_until, decide
 
 NOW = 10_000.0
 POLICY = Policy(min_interval_s=300, backoff_base_s=60, backoff_cap_s=600)
@@ -49,7 +49,7 @@ def test_never_trained_counts_as_longest_untrained() -> None:
 
 
 def test_one_job_per_config_and_one_per_slot() -> None:
-    running = [RunningJob("j1", "a", "gpu0")]
+    running = [JobView("j1", "a", "gpu0")]
     d = decide([view("a", 900), view("b", 200)], running, ["gpu0", "gpu1"], POLICY, NOW)
     assert d.start == [("b", "gpu1")] and d.states["a"] == "training"
     d = decide([view("a", 900), view("b", 200)], running, ["gpu0"], POLICY, NOW)
@@ -92,14 +92,14 @@ def test_a_trigger_with_no_new_games_starts_nothing() -> None:
 
 
 def test_unconfigured_configs_never_train_and_their_jobs_are_cancelled() -> None:
-    d = decide([view("x", 10_000, None)], [RunningJob("j", "x", "s")], ["s"], POLICY, NOW)
+    d = decide([view("x", 10_000, None)], [JobView("j", "x", "s")], ["s"], POLICY, NOW)
     assert d.start == [] and d.cancel == ["j"] and d.states["x"] == "unconfigured"
-    d = decide([], [RunningJob("gone", "y", "s")], ["s"], POLICY, NOW)
+    d = decide([], [JobView("gone", "y", "s")], ["s"], POLICY, NOW)
     assert d.cancel == ["gone"]
 
 
 def test_jobs_on_slots_that_are_gone_are_cancelled() -> None:
-    d = decide([view("a", 900)], [RunningJob("j", "a", "gpu3")], ["gpu0"], POLICY, NOW)
+    d = decide([view("a", 900)], [JobView("j", "a", "gpu3")], ["gpu0"], POLICY, NOW)
     assert d.cancel == ["j"] and d.start == [("a", "gpu0")]
 
 
@@ -137,7 +137,7 @@ def test_invariants(
     configs: list[ConfigView], slots: list[str], running_configs: list[str]
 ) -> None:
     running = [
-        RunningJob(f"j{i}", c, s)
+        JobView(f"j{i}", c, s)
         for i, (c, s) in enumerate(zip(running_configs, slots, strict=False))
     ]
     d = decide(configs, running, slots, POLICY, NOW)

@@ -234,7 +234,7 @@ def _load(arg: Path | None) -> Settings | None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ringd import app, log
-    from ringd.control import ControlError
+    from ringd.service.control import ControlError
 
     path = _config_path(args.config)
     settings = _load(path)

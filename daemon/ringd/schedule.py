@@ -48,7 +48,7 @@ class ConfigView:
 
 
 @dataclass(frozen=True, slots=True)
-class RunningJob:
+class JobView:
     job_id: str
     config: str
     slot: str
@@ -72,7 +72,7 @@ def backoff_until(view: ConfigView, policy: Policy) -> float | None:
 
 def decide(
     configs: Sequence[ConfigView],
-    running: Sequence[RunningJob],
+    running: Sequence[JobView],
     slots: Sequence[str],
     policy: Policy,
     now: float,

@@ -14,7 +14,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5
 
 
 class Metrics:
-    def __init__(self, status: Callable[[], Status]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.detection_latency = Histogram(
             "ringd_detection_latency_seconds",
@@ -45,6 +45,9 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600),
             registry=self.registry,
         )
+
+    def track_status(self, status: Callable[[], Status]) -> None:
+        """Export per-config counts from `status()` at every scrape."""
         self.registry.register(_StatusCollector(status))
 
     def render(self) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import json
 import os
@@ -31,10 +32,13 @@ from typing import Any, TypeVar
 import structlog
 
 from ringd.boards import split_config_name
-from ringd.events import EventBus
 from ringd.fsutil import write_bytes_atomically
 from ringd.ledger import JobRow, Ledger
+from ringd.service.errors import OperatorError
+from ringd.service.events import EventBus, JobFinished, JobProgressed, JobStarted
+from ringd.service.metrics import Metrics
 from ringd.settings import Settings, TrainingSettings
+from ringd.train.spec import GameSpan, JobSpec
 
 T = TypeVar("T")
 log = structlog.get_logger("ringd.jobs")
@@ -97,10 +101,10 @@ def job_id(config: str, first_seq: int, last_seq: int) -> str:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, bus: EventBus, on_finish: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, bus: EventBus, metrics: Metrics) -> None:
         self.settings = settings
         self._bus = bus
-        self._on_finish = on_finish
+        self._metrics = metrics
         self._ledger = Ledger(settings.ledger_path)
         # Job bookkeeping off the loop, serialised on one connection of its own.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="jobs")
@@ -122,17 +126,17 @@ class JobRunner:
         """Start a job for a config's new games on a slot (None: nothing to train)."""
         training = self.settings.training
         init = _warm_start(self.settings.state_dir / "models" / config / "latest.pt", training)
-        plan = await self.db(lambda db: _plan(db, config, training, triggered, init))
+        state_dir = self.settings.state_dir
+        plan = await self.db(
+            lambda db: _plan(db, config, training, triggered, init, state_dir, slot.device)
+        )
         if plan is None:
             return None
         job, spec = plan
-        folder = self.settings.state_dir / "jobs" / job.id
-        spec["output_dir"] = str(folder)
-        spec["samples_dir"] = str(self.settings.state_dir / "samples")
-        spec["device"] = slot.device
+        folder = Path(spec.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"
-        write_bytes_atomically(spec_path, json.dumps(spec, indent=1).encode())
+        write_bytes_atomically(spec_path, spec.model_dump_json(indent=1).encode())
         argv = [*(training.command or [sys.executable, "-m", "ringd.train"]), str(spec_path)]
         await _stop_leftover(folder / "job.pid", spec_path, self.settings.training.grace_s)
         env = {
@@ -156,7 +160,7 @@ class JobRunner:
                 error = f"cannot start {argv[0]}: {e}"
                 await self.db(lambda db: db.finish_job(job.id, "failed", error=error))
                 log.error("cannot start the trainer", job=job.id, argv=argv, error=error)
-                self._on_finish()
+                self._finished(job, "failed", None, error, 0.0, None)
                 return job
         (folder / "job.pid").write_text(f"{process.pid}\n")
         await self.db(lambda db: db.job_started(job.id, slot.name))
@@ -172,14 +176,7 @@ class JobRunner:
             last_seq=job.last_seq,
             pid=process.pid,
         )
-        self._bus.publish(
-            "job_started",
-            job=job.id,
-            config=config,
-            slot=slot.name,
-            first_seq=job.first_seq,
-            last_seq=job.last_seq,
-        )
+        self._bus.publish(JobStarted(job.id, config, slot.name, job.first_seq, job.last_seq))
         task = asyncio.create_task(self._guarded(running, folder))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -195,7 +192,7 @@ class JobRunner:
             self.running.pop(running.job.id, None)
             error = f"internal error in ringd: {e!r}"
             await self.db(lambda db: db.finish_job(running.job.id, "failed", error=error))
-            self._on_finish()
+            self._finished(running.job, "failed", None, error, time.time() - running.started, None)
 
     async def _supervise(self, running: RunningJob, folder: Path) -> None:
         job, process = running.job, running.process
@@ -236,17 +233,20 @@ class JobRunner:
             seconds=round(seconds, 1),
             checkpoint=checkpoint,
         )
-        self._bus.publish(
-            "job_finished",
-            job=job.id,
-            config=job.config,
-            state=state,
-            exit_code=code,
-            error=error,
-            seconds=seconds,
-            checkpoint=checkpoint,
-        )
-        self._on_finish()
+        self._finished(job, state, code, error, seconds, checkpoint)
+
+    def _finished(
+        self,
+        job: JobRow,
+        state: str,
+        code: int | None,
+        error: str | None,
+        seconds: float,
+        checkpoint: str | None,
+    ) -> None:
+        self._metrics.jobs.labels(job.config, state).inc()
+        self._metrics.training_duration.labels(job.config, state).observe(seconds)
+        self._bus.publish(JobFinished(job.id, job.config, state, code, error, seconds, checkpoint))
 
     async def _read_events(
         self, running: RunningJob, folder: Path, events: dict[str, dict[str, Any]]
@@ -275,12 +275,7 @@ class JobRunner:
                                 Ledger.job_progress, job_id=running.job.id, progress=event
                             )
                         )
-                        self._bus.publish(
-                            "job_progress",
-                            job=running.job.id,
-                            config=running.job.config,
-                            progress=event,
-                        )
+                        self._bus.publish(JobProgressed(running.job.id, running.job.config, event))
 
     async def _terminate(self, running: RunningJob) -> None:
         """SIGTERM the job's process group, wait its grace, then SIGKILL."""
@@ -309,8 +304,18 @@ class JobRunner:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def jobs(self, limit: int = 50) -> list[JobRow]:
-        return await self.db(lambda db: db.jobs(limit))
+    async def listing(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent jobs, newest first, running ones with their live progress."""
+        rows = await self.db(lambda db: db.jobs(limit))
+        live = {job_id: j.progress for job_id, j in self.running.items()}
+        return [{**dataclasses.asdict(r), "progress": live.get(r.id, r.progress)} for r in rows]
+
+    def log_path(self, job_id: str) -> Path:
+        """A job's log (the trainer's stderr)."""
+        path = self.settings.state_dir / "jobs" / job_id / "job.log"
+        if "/" in job_id or job_id.startswith(".") or not path.is_file():
+            raise OperatorError(404, f"no job {job_id!r} (see `ringd jobs`)")
+        return path
 
     async def set_paused(self, config: str, paused: bool) -> None:
         await self.db(lambda db: db.set_paused(config, paused))
@@ -321,9 +326,15 @@ class JobRunner:
 
 
 def _plan(
-    db: Ledger, config: str, training: TrainingSettings, triggered: bool, init: str | None
-) -> tuple[JobRow, dict[str, Any]] | None:
-    """The job for a config's new games and its spec (without the slot's fields)."""
+    db: Ledger,
+    config: str,
+    training: TrainingSettings,
+    triggered: bool,
+    init: str | None,
+    state_dir: Path,
+    device: str,
+) -> tuple[JobRow, JobSpec] | None:
+    """The job for a config's new games and its spec."""
     from ringd.train.window import window_games
 
     first = db.trained_through(config) + 1
@@ -344,29 +355,26 @@ def _plan(
     if job.state == "succeeded":
         return None  # this range was trained already: never twice
     board, players = split_config_name(config) or (config, 0)
-    spec: dict[str, Any] = {
-        "version": 1,
-        "job_id": job.id,
-        "config": config,
-        "board": board,
-        "players": players,
-        "encoder": training.encoder,
-        "games": [
-            {
-                "path": s.path,
-                "offset": s.offset,
-                "length": s.length,
-                "key": s.key.hex(),
-                "seq": s.seq,
-            }
+    spec = JobSpec(
+        version=1,
+        job_id=job.id,
+        config=config,
+        board=board,
+        players=players,
+        encoder=training.encoder,
+        games=[
+            GameSpan(path=s.path, offset=s.offset, length=s.length, key=s.key.hex(), seq=s.seq)
             for s in spans
         ],
-        "new_from_seq": first,
+        new_from_seq=first,
+        output_dir=str(state_dir / "jobs" / job.id),
+        samples_dir=str(state_dir / "samples"),
         # The registry's validated latest (never a file that failed validation).
-        "init_checkpoint": init,
-        "seed": first,
-        "hyper": training.hyper.model_dump(),
-    }
+        init_checkpoint=init,
+        device=device,
+        seed=first,
+        hyper=training.hyper,
+    )
     return job, spec
 
 

@@ -28,8 +28,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ringd.events import EventBus
-from ringd.metrics import Metrics
+from ringd.service.errors import OperatorError
+from ringd.service.events import EventBus
+from ringd.service.metrics import Metrics
 from ringd.status import Status
 
 SOCKET_MODE = 0o660
@@ -41,14 +42,6 @@ MAX_SOCKET_PATH = 107
 
 class ControlError(Exception):
     """The control socket cannot be served (another daemon answers, path too long, ...)."""
-
-
-class OperatorError(Exception):
-    """An operator's request that cannot be done as asked (shown to them as is)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Operations(Protocol):
@@ -68,19 +61,19 @@ class ControlServer:
     def __init__(
         self,
         socket_path: Path,
-        operations: Operations,
         bus: EventBus,
         metrics: Metrics,
         metrics_tcp: tuple[str, int] | None = None,
     ) -> None:
         self._socket_path = socket_path
-        self._ops = operations
         self._bus = bus
         self._metrics = metrics
         self._metrics_tcp = metrics_tcp
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
+    async def start(self, operations: Operations) -> None:
+        """Serve `operations` on the socket (and /metrics on TCP where configured)."""
+        self._ops = operations
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/v1/status", self._get_status)

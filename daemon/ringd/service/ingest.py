@@ -1,9 +1,10 @@
-"""The ingest stage: tail and scan work off the event loop, and what it committed.
+"""The ingest stage: reconciliation scans and indexing, off the event loop.
 
 All ledger writes go through one worker thread, so commits are serialised and
 the event loop stays free to answer the control socket during a long backfill.
-After each piece of work the stage publishes events: games per config with
-their sequence ranges, newly discovered files, rejects.
+The stage owns the reconciliation loop (a scan every `rescan_interval_s` and
+whenever one is requested) and publishes what it committed: games per config
+with their sequence ranges, newly discovered files, rejects.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,41 +21,95 @@ from typing import TypeVar
 
 import structlog
 
-from ringd.events import EventBus
-from ringd.ledger import Added, Ledger
-from ringd.metrics import Metrics
 from ringd.cursor import Decision, FileResult, index_file
+from ringd.ledger import Added, Ledger
+from ringd.records import Rules
 from ringd.scan import ScanReport, scan
+from ringd.service.events import (
+    EventBus,
+    FileFound,
+    GamesAdded,
+    IngestFailed,
+    Rejected,
+    ScanFinished,
+)
+from ringd.service.metrics import Metrics
+from ringd.settings import WatchSettings
 
 T = TypeVar("T")
 log = structlog.get_logger("ringd.ingest")
+RATE_WINDOW_S = 60.0
 
 
 class Ingest:
-    def __init__(self, ledger_path: Path, bus: EventBus, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        ledger_path: Path,
+        watch: WatchSettings,
+        bus: EventBus,
+        metrics: Metrics,
+        rules: Rules,
+    ) -> None:
+        self.watch = watch
+        self.rules = rules  # how lines become games (aliases, statuses, line limit)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ingest")
         self._ledger = Ledger(ledger_path)
         self._bus = bus
         self._metrics = metrics
         self._stop = threading.Event()
+        self._rescan = asyncio.Event()
+        self._recent: deque[tuple[float, str, int]] = deque()
         # Ledger writes that failed (disk full, I/O error): nothing was committed,
         # so the same games are read again by the next scan.
         self.errors = 0
         self.last_error: str | None = None
 
+    def reconfigure(self, watch: WatchSettings, rules: Rules) -> None:
+        """A reload changed `watch:` or `records:`: rescan at once (new roots, new
+        aliases are folded in)."""
+        if watch != self.watch or rules != self.rules:
+            self.watch, self.rules = watch, rules
+            self._rescan.set()
+
+    def request_scan(self) -> None:
+        """Reconcile soon (the observer's watches were (re)established, or it failed)."""
+        self._rescan.set()
+
+    async def run(self) -> None:
+        """Reconcile every `rescan_interval_s`, and whenever a scan is requested."""
+        while True:
+            try:
+                await asyncio.wait_for(self._rescan.wait(), self.watch.rescan_interval_s)
+                reason = "requested"
+            except TimeoutError:
+                reason = "periodic"
+            self._rescan.clear()
+            await self.scan(self.watch.roots, reason)
+
+    def rates(self) -> dict[str, float]:
+        """Games per second per config over the last minute."""
+        horizon = time.time() - RATE_WINDOW_S
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+        rates: dict[str, float] = {}
+        for _, config, n in self._recent:
+            rates[config] = rates.get(config, 0.0) + n / RATE_WINDOW_S
+        return rates
+
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def scan(self, roots: Sequence[Path | str], max_line: int, reason: str) -> ScanReport:
+    async def scan(self, roots: Sequence[Path | str], reason: str) -> ScanReport:
         """A reconciliation scan of `roots` (or of a directory that just appeared)."""
+        rules = self.rules
         try:
-            report = await self._run(lambda: scan(self._ledger, roots, max_line, stop=self._stop))
+            report = await self._run(lambda: scan(self._ledger, roots, rules, stop=self._stop))
         except sqlite3.Error as e:
             self._failed(e, reason=reason)
             return ScanReport(errors=[f"ledger write failed: {e}"])
         self._metrics.scan_duration.labels(reason).observe(report.seconds)
         for path in report.new_files:
-            self._bus.publish("file", path=path)
+            self._bus.publish(FileFound(path))
         self._publish(report.new_games, report.rejects)
         for error in report.errors:
             log.warning("scan problem", error=error, reason=reason)
@@ -67,19 +123,15 @@ class Ingest:
                 seconds=round(report.seconds, 3),
             )
         self._bus.publish(
-            "scan",
-            reason=reason,
-            files=report.files,
-            new_games=report.new_total,
-            seconds=report.seconds,
-            errors=report.errors,
+            ScanFinished(reason, report.files, report.new_total, report.seconds, report.errors)
         )
         return report
 
-    async def index(self, paths: Iterable[str], max_line: int) -> None:
+    async def index(self, paths: Iterable[str]) -> None:
         """Index files named by watch events."""
+        rules = self.rules
         try:
-            results = await self._run(lambda: self._index_all(sorted(set(paths)), max_line))
+            results = await self._run(lambda: self._index_all(sorted(set(paths)), rules))
         except sqlite3.Error as e:
             self._failed(e, reason="watch event")
             return
@@ -89,18 +141,18 @@ class Ingest:
                 log.warning("cannot read", file=path, error=str(result))
                 continue
             if result.decision is Decision.NEW:
-                self._bus.publish("file", path=path)
+                self._bus.publish(FileFound(path))
             if result.new_games and result.stat is not None:
                 self._metrics.detection_latency.observe(max(0.0, now - result.stat.mtime_ns / 1e9))
             self._publish(result.new_games, result.rejects, file=path)
 
-    def _index_all(self, paths: list[str], max_line: int) -> list[tuple[str, FileResult | OSError]]:
+    def _index_all(self, paths: list[str], rules: Rules) -> list[tuple[str, FileResult | OSError]]:
         out: list[tuple[str, FileResult | OSError]] = []
         for path in paths:
             if self._stop.is_set():
                 break
             try:
-                out.append((path, index_file(self._ledger, path, max_line, stop=self._stop)))
+                out.append((path, index_file(self._ledger, path, rules, stop=self._stop)))
             except FileNotFoundError:
                 continue  # gone again before we looked; the next scan marks it
             except OSError as e:
@@ -108,21 +160,16 @@ class Ingest:
         return out
 
     def _publish(
-        self, new_games: dict[str, Added], rejects: dict[str, int], **context: str
+        self, new_games: dict[str, Added], rejects: dict[str, int], file: str | None = None
     ) -> None:
         for config, added in new_games.items():
-            self._bus.publish(
-                "games",
-                config=config,
-                count=added.count,
-                first_seq=added.first,
-                last_seq=added.last,
-                **context,
-            )
-            log.debug("games", config=config, count=added.count, last_seq=added.last, **context)
+            event = GamesAdded(config, added.count, added.first, added.last, file)
+            self._recent.append((event.at, config, added.count))
+            self._bus.publish(event)
+            log.debug("games", config=config, count=added.count, last_seq=added.last, file=file)
         if rejects:
-            self._bus.publish("rejects", reasons=rejects, **context)
-            log.warning("rejected lines", reasons=rejects, **context)
+            self._bus.publish(Rejected(rejects, file))
+            log.warning("rejected lines", reasons=rejects, file=file)
 
     def _failed(self, error: sqlite3.Error, reason: str) -> None:
         self.errors += 1
@@ -132,7 +179,7 @@ class Ingest:
             error=str(error),
             reason=reason,
         )
-        self._bus.publish("ingest_error", error=self.last_error)
+        self._bus.publish(IngestFailed(self.last_error))
 
     async def close(self) -> None:
         """Finish the transaction in flight, then close the ledger."""
