@@ -26,9 +26,11 @@ from pathlib import Path
 
 from _common import machine, table
 from _daemon import BenchDaemon
+from ringd.boards import CONFIGS
 from ringd.ledger import Ledger
-from ringd.sim import CONFIGS, game_line, make_record
+from ringd.records import Rules
 from ringd.scan import scan
+from ringd.sim import game_line, make_record
 
 DIRS = [
     "gpu",
@@ -70,7 +72,7 @@ def poller(root: str, ledger_path: str, interval: float, expected: int, out: str
     with Ledger(Path(ledger_path)) as ledger:
         while True:
             time.sleep(interval)
-            scan(ledger, [root], 1 << 26)
+            scan(ledger, [root], Rules(max_line=1 << 26))
             if ledger.game_count() >= expected:
                 break
     Path(out).write_text("done")

@@ -22,12 +22,8 @@ from typing import Any
 
 import pytest
 
+from ringd.boards import BOARDS, CONFIGS, BoardShape, cell_from_raw
 from ringd.sim import (
-    BOARDS,
-    CONFIGS,
-    BoardShape,
-    _make_record,
-    cell_from_raw,
     game_line,
     is_pass_move,
     make_record,
@@ -36,6 +32,7 @@ from ringd.sim import (
     sim_main,
     write_corpus,
 )
+from ringd.sim.records import make_record_in_style
 
 CAMEL_MOVE_TYPES = {
     "place_ring",
@@ -305,7 +302,7 @@ def test_move_targets_are_real_cells_and_passes_use_the_placeholder(config: str)
     if board.kind == "hex":
         found = False
         for i in range(20):
-            moves = _make_record(rng, config, "camel", str(i), 12, "full")["moves"]
+            moves = make_record_in_style(rng, config, "camel", str(i), 12, "full")["moves"]
             assert isinstance(moves, list)
             found |= any(m["to"] == {"x": 0, "y": 0, "z": None} for m in moves if is_pass_move(m))
         assert found
@@ -316,8 +313,8 @@ def test_raw_positions_are_y_then_x(board_name: str) -> None:
     config = f"{board_name}_2p"
     board = BOARDS[board_name]
     # Same seed and length: the same game, serialised both ways.
-    raw = _make_record(random.Random(5), config, "snake", "g", 60, "raw")["moves"]
-    canon = _make_record(random.Random(5), config, "snake", "g", 60, "full")["moves"]
+    raw = make_record_in_style(random.Random(5), config, "snake", "g", 60, "raw")["moves"]
+    canon = make_record_in_style(random.Random(5), config, "snake", "g", 60, "full")["moves"]
     assert isinstance(raw, list) and isinstance(canon, list)
     for r, c in zip(raw, canon, strict=True):
         if is_pass_move(c):
@@ -566,6 +563,32 @@ def test_sim_main_refuses_an_unknown_config(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         sim_main([str(tmp_path), "--configs", "hex8_2p,hex9_2p", "--games", "1"])
     assert exc.value.code == 2
+
+
+def _ringd(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed `ringd` console script, the way an operator types the command."""
+    ringd = Path(sys.executable).parent / "ringd"
+    assert ringd.exists(), "the ringd console script is installed beside this python"
+    return subprocess.run(
+        [str(ringd), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_ringd_sim_help_prints_the_sim_usage(flag: str) -> None:
+    proc = _ringd("sim", flag)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: ringd sim"), proc.stdout
+    assert "--writers N" in proc.stdout and "--corpus FILES:GAMES_PER_FILE" in proc.stdout
+
+
+def test_ringd_sim_takes_options_before_out_dir(tmp_path: Path) -> None:
+    proc = _ringd("sim", "--writers", "1", "--games", "3", "--small", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert _summary_games(proc.stdout) == 3
+    (path,) = tmp_path.rglob("*.jsonl")
+    lines, tail = _read_lines(path)
+    assert len(lines) == 3 and tail == b""
 
 
 def test_python_m_ringd_sim_runs_writer_processes(tmp_path: Path) -> None:

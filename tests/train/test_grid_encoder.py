@@ -11,7 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ringd.sim import BOARDS, cell_from_raw, is_pass_move, make_record
+from ringd.boards import BOARDS, cell_from_raw
+from ringd.sim import is_pass_move, make_record
 from ringd.train.encode import EncodeError, Geometry, UnsupportedBoard, load_encoder
 from ringd.train.grid import GridEncoder, plane_count, plane_names
 
