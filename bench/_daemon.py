@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ringd import client
+from ringd.cli import client
 
 
 class BenchDaemon:

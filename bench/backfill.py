@@ -21,7 +21,7 @@ from pathlib import Path
 from _common import machine, table
 from _daemon import BenchDaemon
 from ingest import corpus
-from ringd import client
+from ringd.cli import client
 
 
 def timed_requests(daemon: BenchDaemon, until_ready: bool, count: int = 0) -> list[float]:

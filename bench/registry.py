@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _common import machine, table
 from _daemon import BenchDaemon
-from ringd import client
+from ringd.cli import client
 
 OLD_BYTES = 153e9
 

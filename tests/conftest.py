@@ -173,7 +173,7 @@ class DaemonProcess:
                 self._arrived.wait(min(left, 0.5))
 
     def status(self) -> dict[str, Any]:
-        from ringd.client import get_json
+        from ringd.cli.client import get_json
 
         result: dict[str, Any] = get_json(self.socket, "/v1/status")
         return result

@@ -58,7 +58,7 @@ def config(status: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def jobs(daemon: DaemonProcess) -> list[dict[str, Any]]:
-    from ringd.client import get_json
+    from ringd.cli.client import get_json
 
     result: list[dict[str, Any]] = get_json(daemon.socket, "/v1/jobs")["jobs"]
     return result
@@ -211,7 +211,7 @@ def test_jobs_and_logs_commands(make_daemon) -> None:  # type: ignore[no-untyped
     assert logs.returncode == 0 and "fake trainer: giving up" in logs.stdout
     missing = ringd("logs", "nope", "--socket", str(daemon.socket))
     assert missing.returncode == 1 and "no job 'nope'" in missing.stderr
-    metrics = __import__("ringd.client", fromlist=["get"]).get(daemon.socket, "/metrics").decode()
+    metrics = __import__("ringd.cli.client", fromlist=["get"]).get(daemon.socket, "/metrics").decode()
     assert 'ringd_jobs_total{config="hex8_3p",state="failed"} 1.0' in metrics
 
 

@@ -15,9 +15,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from ringd import client
+from ringd.cli import client
+from ringd.cli.render import view
 from ringd.settings import load_settings
-from ringd.status import Status, view
+from ringd.status import Status
 
 REFRESH_S = 0.5
 START_TIMEOUT_S = 30.0
@@ -28,7 +29,7 @@ def prepare(folder: Path) -> Path:
     (folder / "data" / "selfplay").mkdir(parents=True, exist_ok=True)
     config = folder / "ringd.yaml"
     if not config.exists():
-        config.write_text(resources.files("ringd").joinpath("demo.yaml").read_text())
+        config.write_text(resources.files("ringd.cli").joinpath("demo.yaml").read_text())
     return config
 
 

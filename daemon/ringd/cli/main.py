@@ -13,24 +13,16 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from ringd import __version__, client
+from ringd import __version__
+from ringd.cli import client
+from ringd.cli.render import ScanProgress, jobs_view, models_view, view
 from ringd.ledger import Ledger, LedgerError
+from ringd.scan import scan
 from ringd.settings import ConfigError, Settings, load_settings
-from ringd.status import Status, build_status, jobs_view, models_view, view
-from ringd.scan import Plan, scan
+from ringd.status import Status, build_status
 
 DEFAULT_CONFIG = "/etc/ringd/ringd.yaml"
-# A first scan smaller than this finishes before a bar would be worth drawing.
-PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 
 EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
 
@@ -169,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
         "sim",
         help="selfplay simulator: write RingRift-shaped games (tests, demo, benchmarks)",
         add_help=False,
+        # No option prefixes, so every argument goes to sim_main's own parser: REMAINDER
+        # alone leaves out a leading option (`ringd sim --help`, `ringd sim --writers 1 DIR`).
+        prefix_chars="\0",
     )
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(handler=_cmd_sim)
@@ -396,10 +391,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         _err(f"cannot open the ledger: {e}")
         return EXIT_ERROR
     stderr = Console(stderr=True)
-    with ledger, _ScanProgress(stderr) as progress:
-        report = scan(
-            ledger, settings.watch.roots, settings.watch.max_line_bytes, on_plan=progress.start
-        )
+    with ledger, ScanProgress(stderr) as progress:
+        report = scan(ledger, settings.watch.roots, settings.rules, on_plan=progress.start)
         status = build_status(
             ledger.config_counts(),
             settings,
@@ -420,38 +413,6 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _ScanProgress:
-    """A byte-progress bar for long scans, shown only on a terminal."""
-
-    def __init__(self, console: Console) -> None:
-        self._console = console
-        self._progress: Progress | None = None
-
-    def start(self, plan: Plan) -> Callable[[int], None] | None:
-        if not self._console.is_terminal or plan.pending_bytes < PROGRESS_MIN_BYTES:
-            return None
-        self._progress = Progress(
-            TextColumn("indexing {task.fields[files]} files"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=self._console,
-            transient=True,
-        )
-        task = self._progress.add_task("scan", total=plan.pending_bytes, files=len(plan.paths))
-        self._progress.start()
-        progress = self._progress
-        return lambda n: progress.advance(task, n)
-
-    def __enter__(self) -> _ScanProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
 def _cmd_sim(args: argparse.Namespace) -> int:
     from ringd.sim import sim_main
 
@@ -459,7 +420,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ringd.demo import run_demo
+    from ringd.cli.demo import run_demo
 
     run_demo(
         args.dir, duration=args.duration, writers=args.writers, rate=args.rate, console=Console()
@@ -470,7 +431,3 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(Settings.model_json_schema(), indent=2))
     return EXIT_OK
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""What the CLI shows: the status table, jobs, models, and a progress bar for long scans."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from ringd.scan import Plan
+from ringd.status import ConfigStatus, RamdiskStatus, Status, progress_label
+
+# A first scan smaller than this finishes before a bar would be worth drawing.
+PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+
+
+def _bar(new: int, threshold: int | None, width: int = 20) -> Text:
+    if threshold is None:
+        return Text("·" * width, style="dim")
+    filled = min(width, new * width // threshold)
+    return Text("█" * filled, style="green" if new >= threshold else "cyan") + Text(
+        "·" * (width - filled), style="dim"
+    )
+
+
+def _age(then: float | None, now: float) -> str:
+    if then is None:
+        return "-"
+    seconds = max(0.0, now - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+_STATE_STYLE = {
+    "ready": "bold green",
+    "training": "bold magenta",
+    "backoff": "red",
+    "paused": "yellow",
+    "unconfigured": "dim",
+    "idle": "",
+}
+
+
+def view(status: Status) -> RenderableType:
+    """The status table: one row per config with its `+N/threshold`, then totals."""
+    parts: list[RenderableType] = []
+    if status.config_error:
+        parts.append(
+            Text("config error (last good configuration in force):\n", style="bold red")
+            + Text(status.config_error, style="red")
+        )
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("config", no_wrap=True)
+    table.add_column("new", justify="right", no_wrap=True)
+    table.add_column("progress")
+    table.add_column("total", justify="right")
+    table.add_column("state")
+    table.add_column("last game", justify="right")
+    now = status.generated_at
+    for row in status.configs:
+        table.add_row(
+            row.name,
+            progress_label(row),
+            _bar(row.new_games, row.threshold),
+            f"{row.total_games:,}",
+            _state_text(row, now),
+            _age(row.last_game_at, now),
+        )
+    parts.append(table)
+    for m in status.ramdisk:
+        parts.append(_ramdisk_line(m, now))
+    rejects = ", ".join(f"{reason} {n:,}" for reason, n in status.rejects.items())
+    parts.append(
+        Text(
+            f"{status.total_games:,} games, {status.new_games:,} new, "
+            f"{status.rejected_total:,} rejected" + (f" ({rejects})" if rejects else "")
+        )
+    )
+    return Group(*parts)
+
+
+def _state_text(row: ConfigStatus, now: float) -> Text:
+    text = Text(row.state, style=_STATE_STYLE.get(row.state, ""))
+    if row.state == "training" and row.job is not None:
+        job = row.job
+        if job.step is not None and job.total_steps:
+            text += Text(f" {100 * job.step / job.total_steps:.0f}%")
+        if job.eta_s is not None:
+            text += Text(f" ETA {_duration(job.eta_s)}", style="dim")
+    elif row.state == "backoff" and row.backoff_until is not None:
+        text += Text(f" {_duration(row.backoff_until - now)}", style="dim")
+        if row.last_error:
+            text += Text(f": {row.last_error[:60]}", style="red")
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds:.0f}s"
+
+
+def _ramdisk_line(m: RamdiskStatus, now: float) -> Text:
+    head = Text(f"ramdisk {m.source} -> {m.target}: ", style="bold")
+    if not m.source_present:
+        return head + Text("source missing (targets kept as they are)", style="yellow")
+    text = (
+        f"{m.files} files, {m.flushed_games:,} games flushed, last flush {_age(m.last_flush_at, now)}"
+        f", pending {m.pending_games:,} games ({m.pending_bytes:,} B)"
+    )
+    line = head + Text(text)
+    if m.oldest_pending_age_s is not None:
+        line += Text(f", oldest unflushed {m.oldest_pending_age_s:.0f}s", style="red")
+    if m.failing:
+        line += Text(f"; failing: {m.last_error}", style="red")
+    return line
+
+
+def jobs_view(jobs: Sequence[Mapping[str, Any]], now: float | None = None) -> RenderableType:
+    """`ringd jobs`: one row per job, newest first."""
+    now = time.time() if now is None else now
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in (
+        "job",
+        "state",
+        "games",
+        "progress",
+        "duration",
+        "attempts",
+        "checkpoint / error",
+    ):
+        table.add_column(column)
+    for job in jobs:
+        progress = job.get("progress") or {}
+        step, total = progress.get("step"), progress.get("total_steps")
+        done = f"{step}/{total}" if step is not None and total else "-"
+        started, finished = job.get("started"), job.get("finished")
+        duration = _duration((finished or now) - started) if started else "-"
+        note = job.get("checkpoint") if job["state"] == "succeeded" else job.get("error")
+        table.add_row(
+            job["id"],
+            Text(job["state"], style=_JOB_STYLE.get(job["state"], "")),
+            f"{job['games']:,}",
+            done,
+            duration,
+            str(job["attempts"]),
+            note or "",
+        )
+    if not jobs:
+        return Text("no training jobs yet")
+    return table
+
+
+_JOB_STYLE = {"succeeded": "green", "failed": "red", "running": "magenta", "interrupted": "yellow"}
+
+
+def models_view(models: Mapping[str, Any]) -> RenderableType:
+    """`ringd models`: per config the latest validated checkpoint, counts and sizes."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("config", "ok", "bad", "pending", "size", "latest"):
+        table.add_column(column, no_wrap=column != "latest")
+    for name, c in models["configs"].items():
+        table.add_row(
+            name,
+            str(c["ok"]),
+            Text(str(c["bad"]), style="red" if c["bad"] else ""),
+            str(c["pending"]),
+            f"{c['bytes'] / 1e6:,.1f} MB",
+            c["latest"] or "-",
+        )
+    parts: list[RenderableType] = [table if models["configs"] else Text("no checkpoints yet")]
+    for c in models["checkpoints"]:
+        if c["verdict"] == "bad":
+            where = c["quarantined_to"] or c["path"]
+            parts.append(Text(f"bad: {c['path']}: {c['reason']} (now {where})", style="red"))
+    stats = models.get("stats") or {}
+    if stats.get("last_error"):
+        parts.append(Text(f"validation failing: {stats['last_error']}", style="red"))
+    return Group(*parts)
+
+
+class ScanProgress:
+    """A byte-progress bar for long scans, shown only on a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._progress: Progress | None = None
+
+    def start(self, plan: Plan) -> Callable[[int], None] | None:
+        if not self._console.is_terminal or plan.pending_bytes < PROGRESS_MIN_BYTES:
+            return None
+        self._progress = Progress(
+            TextColumn("indexing {task.fields[files]} files"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self._console,
+            transient=True,
+        )
+        task = self._progress.add_task("scan", total=plan.pending_bytes, files=len(plan.paths))
+        self._progress.start()
+        progress = self._progress
+        return lambda n: progress.advance(task, n)
+
+    def __enter__(self) -> ScanProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
