@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProcess, append, game_line, ringd, write_config
+from harness import DaemonProcess, append, game_line, ringd, write_config
 from ringd.cli.client import follow
 from ringd.sim import WritersResult, run_writers
 

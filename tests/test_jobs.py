@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, DaemonProcess, append, game_line, ringd
+from harness import REPO, DaemonProcess, append, game_line, ringd
 
 FAKE = REPO / "tests" / "fake_trainer.py"
 

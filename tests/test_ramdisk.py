@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProcess, append, game_line, write_config
+from harness import DaemonProcess, append, game_line, write_config
 from ringd.ramdisk import Flusher
 from ringd.settings import RamdiskMapping
 from ringd.sim import WritersResult, run_writers

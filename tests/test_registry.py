@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DaemonProcess, write_config
+from harness import DaemonProcess, write_config
 from ringd.cli.client import get_json, post_json
 
 torch = pytest.importorskip("torch", reason="checkpoints are made with torch (the train extra)")

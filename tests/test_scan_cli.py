@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import append, game_line, ringd, write_config
+from harness import append, game_line, ringd, write_config
 from ringd.ledger import SCHEMA_VERSION, Ledger, LedgerError
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, ringd
+from harness import REPO, ringd
 from ringd.boards import split_config_name
 from ringd.settings import ConfigError, Settings, load_settings
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from harness import REPO
 
 UNIT = REPO / "systemd" / "ringd.service"
 

@@ -91,8 +91,8 @@ def _write_games(
         for n in range(games):
             config = single or choice(cfgs)
             dialect: Dialect = fixed or ("camel" if rand() < 0.5 else "snake")
-            before, after = parts(config, dialect)
-            line = line_format % (before, prefix, n, after)
+            head, middle, tail = parts(config, dialect)
+            line = line_format % (head, prefix, n, middle, prefix, n, tail)
             write(line)
             written += len(line)
             counts[config] += 1

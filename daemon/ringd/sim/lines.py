@@ -16,10 +16,10 @@ _QUOTED_MARK = json.dumps(_ID_MARK).encode()
 # Enough distinct move lists per (config, dialect) that a corpus does not look like a
 # handful of games repeated, few enough that building them stays a few seconds.
 _POOL_SIZE = 48
-# Game n's line: LINE_FORMAT % (before, prefix, n, after), with the two halves from
-# Splicer.parts and the prefix from Ids.prefix. A format, not a function: it runs in
-# write_corpus' hot loop, where a call per game would show.
-LINE_FORMAT = b"%s%s%012x%s"
+# Game n's line: LINE_FORMAT % (head, prefix, n, middle, prefix, n, tail), with the
+# three pieces from Splicer.parts and the prefix from Ids.prefix. A format, not a
+# function: it runs in write_corpus' hot loop, where a call per game would show.
+LINE_FORMAT = b"%s%s%012x%s%s%012x%s"
 
 
 class Splicer:
@@ -35,10 +35,10 @@ class Splicer:
         self._rng = rng
         self._small = small
         self._size = size
-        self._pool: dict[tuple[str, Dialect], list[tuple[bytes, bytes] | None]] = {}
+        self._pool: dict[tuple[str, Dialect], list[tuple[bytes, bytes, bytes] | None]] = {}
 
-    def parts(self, config: str, dialect: Dialect) -> tuple[bytes, bytes]:
-        """The bytes before and after the id of a random pooled record."""
+    def parts(self, config: str, dialect: Dialect) -> tuple[bytes, bytes, bytes]:
+        """The bytes around the two places of the id in a random pooled record."""
         slots = self._pool.get((config, dialect))
         if slots is None:
             slots = self._pool[(config, dialect)] = [None] * self._size
@@ -48,21 +48,31 @@ class Splicer:
             entry = slots[i] = self._build(config, dialect)
         return entry
 
-    def _build(self, config: str, dialect: Dialect) -> tuple[bytes, bytes]:
+    def _build(self, config: str, dialect: Dialect) -> tuple[bytes, bytes, bytes]:
         rng = self._rng
         if self._small:
-            record = make_small_record(rng, config, dialect, _ID_MARK)
+            record = _with_move_id(make_small_record(rng, config, dialect, _ID_MARK))
             text = json.dumps(record, separators=(",", ":")).encode()
         else:
-            record = make_record(rng, config, dialect, _ID_MARK)
+            record = _with_move_id(make_record(rng, config, dialect, _ID_MARK))
             # RingRift's GPU selfplay writes json.dumps defaults (", " and ": "); some
             # of its lines keep that spacing so readers see both forms.
             spaced = dialect == "snake" and rng.random() < 0.3
             text = (
                 json.dumps(record) if spaced else json.dumps(record, separators=(",", ":"))
             ).encode()
-        before, after = text.split(_QUOTED_MARK)
-        return before + b'"', b'"' + after + b"\n"
+        head, middle, tail = text.split(_QUOTED_MARK)
+        return head + b'"', b'"' + middle + b'"', b'"' + tail + b"\n"
+
+
+def _with_move_id(record: dict[str, object]) -> dict[str, object]:
+    # A game's identity is its moves (ringd.records): the pooled move lists would make
+    # every line of a pool entry the same game, so the first move carries the game's
+    # id too, as the moves of RingRift's soak writer carry an `id`.
+    moves = record["moves"]
+    assert isinstance(moves, list) and moves and isinstance(moves[0], dict)
+    moves[0]["id"] = _ID_MARK
+    return record
 
 
 class Ids:

@@ -170,8 +170,8 @@ def writer_main(
     def next_line(n: int) -> tuple[str, bytes]:
         config = rng.choice(cfgs)
         dialect_now: Dialect = fixed or ("camel" if rng.random() < 0.5 else "snake")
-        before, after = splicer.parts(config, dialect_now)
-        return config, LINE_FORMAT % (before, prefix, n, after)
+        head, middle, tail = splicer.parts(config, dialect_now)
+        return config, LINE_FORMAT % (head, prefix, n, middle, prefix, n, tail)
 
     def stopped() -> bool:
         return (stop is not None and stop.is_set()) or os.getppid() != parent
