@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringd.schedule import ConfigView, Policy, JobView, backoff_until, decide
+from ringd.schedule import ConfigView, JobView, Policy, backoff_until, decide
 
 NOW = 10_000.0
 POLICY = Policy(min_interval_s=300, backoff_base_s=60, backoff_cap_s=600)
@@ -137,8 +137,7 @@ def test_invariants(
     configs: list[ConfigView], slots: list[str], running_configs: list[str]
 ) -> None:
     running = [
-        JobView(f"j{i}", c, s)
-        for i, (c, s) in enumerate(zip(running_configs, slots, strict=False))
+        JobView(f"j{i}", c, s) for i, (c, s) in enumerate(zip(running_configs, slots, strict=False))
     ]
     d = decide(configs, running, slots, POLICY, NOW)
     by_name = {c.name: c for c in configs}
