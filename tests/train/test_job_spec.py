@@ -14,12 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from ringd.train import encode
 from ringd.train.encode import ENTRY_POINT_GROUP, UnknownEncoder, load_encoder
 from ringd.train.grid import GridEncoder
-from ringd.train.protocol import ERROR_KINDS, Events, ExitCode
-from ringd.train.schedule import FINAL_LR_FRACTION, lr_at, warmup_steps
+from ringd.train.lr import FINAL_LR_FRACTION, lr_at, warmup_steps
+from ringd.train.protocol import (
+    ERROR_KINDS,
+    DoneEvent,
+    Events,
+    ExitCode,
+    ProgressEvent,
+    StartEvent,
+)
 from ringd.train.spec import SpecError, load_spec
 from ringd.train.window import train_steps, window_games
 
@@ -50,7 +58,7 @@ def test_the_daemon_side_imports_no_torch() -> None:
     code = (
         "import sys\n"
         "import ringd.train, ringd.train.spec, ringd.train.window, ringd.train.protocol\n"
-        "import ringd.train.schedule\n"
+        "import ringd.train.lr\n"
         "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "print(len(loaded), loaded[:5])\n"
     )
@@ -163,7 +171,7 @@ def test_exit_codes_are_distinct_and_each_has_an_error_kind() -> None:
 def test_events_are_json_lines_without_nan() -> None:
     stream = io.StringIO()
     events = Events(stream)
-    events.emit("progress", step=3, loss=float("nan"), nested={"x": [float("inf"), 1.5]})
+    events.emit(ProgressEvent(step=3, loss=float("nan"), nested={"x": [float("inf"), 1.5]}))
     (line,) = stream.getvalue().splitlines()
     event = json.loads(line)
     assert (
@@ -172,8 +180,8 @@ def test_events_are_json_lines_without_nan() -> None:
         and event["nested"]["x"] == [None, 1.5]
     )
     assert isinstance(event["time"], float)
-    with pytest.raises(ValueError):
-        events.emit("finished")
+    with pytest.raises(ValidationError):
+        ProgressEvent(step="three")  # type: ignore[arg-type]  # what emit could be handed
 
 
 class _Closed(io.StringIO):
@@ -183,8 +191,8 @@ class _Closed(io.StringIO):
 
 def test_a_vanished_reader_does_not_stop_the_job() -> None:
     events = Events(_Closed())
-    events.emit("start")
-    events.emit("done")  # no exception: the job finishes and checkpoints regardless
+    events.emit(StartEvent())
+    events.emit(DoneEvent())  # no exception: the job finishes and checkpoints regardless
 
 
 def test_pyproject_registers_the_grid_encoder() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ringd.records import game_key
 from ringd.sim import game_line, make_record
-from ringd.train.protocol import Events
+from ringd.train.protocol import Events, parse_event
 
 GOLDEN = Path(__file__).resolve().parents[2].parent / "shared/fixtures/ringrift-golden"
 
@@ -70,7 +70,7 @@ class Captured:
         self.events = Events(self.stream)
 
     def all(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+        return parse_events(self.stream.getvalue())
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.all() if e["event"] == kind]
@@ -102,4 +102,21 @@ def job_process(spec: Path) -> subprocess.Popen[str]:
 
 
 def parse_events(stdout: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stdout.splitlines()]
+    """The job's events as dicts, each checked against the protocol (:func:`checked_event`)."""
+    return [checked_event(line) for line in stdout.splitlines()]
+
+
+def checked_event(line: str) -> dict[str, Any]:
+    """One line of the ringd trainer's stdout, which must be exactly a protocol event.
+
+    It parses with the daemon's parser, sets every field its model declares, adds none
+    (so the models, the trainer and docs/training-job.md agree), and reads back as written.
+    """
+    event = parse_event(line)
+    assert event is not None, f"not a protocol event: {line}"
+    assert event.model_extra == {}, f"fields outside the protocol: {event.model_extra}"
+    unset = set(type(event).model_fields) - event.model_fields_set
+    assert not unset, f"{event.event} event without {sorted(unset)}"
+    record: dict[str, Any] = json.loads(line)
+    assert event.model_dump(mode="json") == record
+    return record

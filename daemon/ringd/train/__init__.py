@@ -2,8 +2,9 @@
 
 The daemon imports only the torch-free parts of this package: :mod:`ringd.train.spec`
 (the job spec it writes), :mod:`ringd.train.window` (how many games a job trains on
-and for how many steps) and :mod:`ringd.train.protocol` (the exit codes and the
-events the job prints). Nothing imported by this ``__init__`` may import torch.
+and for how many steps) and :mod:`ringd.train.protocol` (the exit codes, and the
+event models the job prints and :func:`~ringd.train.protocol.parse_event` reads).
+Nothing imported by this ``__init__`` may import torch.
 
 The job, stage by stage (each module does one thing):
 
@@ -14,8 +15,10 @@ The job, stage by stage (each module does one thing):
 * :mod:`~ringd.train.loader`: three loader tiers (device-resident, pinned, memory-mapped);
 * :mod:`~ringd.train.model`, :mod:`~ringd.train.step`: the network and its training
   step (eager or one CUDA graph);
+* :mod:`~ringd.train.lr`: the learning-rate schedule;
 * :mod:`~ringd.train.checkpoint`: atomic checkpoints;
-* :mod:`~ringd.train.loop`: the training loop; :mod:`~ringd.train.job`: the program.
+* :mod:`~ringd.train.loop`: the ``Trainer`` (setup, then the loop);
+  :mod:`~ringd.train.job`: the program.
 
 See docs/training-job.md for the spec, the stdout protocol and the exit codes.
 """

@@ -1,14 +1,17 @@
 """The training loop: from a prepared window to a final checkpoint, reporting as it goes.
 
-Read :func:`_train` top to bottom: device, model and optimizer, resume or warm start,
-loader, step function, the ``start`` event, then the loop, which is just: stop if
-asked, step, report. Everything a step needs is passed in; there is no global
-state, so the same loop can later run once per rank under DDP.
+Shaped like torchtitan's ``Trainer``: :class:`Trainer`'s constructor does the setup
+(device, model and optimizer, resume or warm start, loader, step function,
+checkpointer, reporter) and :meth:`Trainer.train` is the loop, which is just: stop if
+asked, step, report, checkpoint when due. Everything a step needs is an attribute of
+the trainer; there is no global state, so the same loop can later run once per rank
+under DDP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -28,11 +31,25 @@ from ringd.train.checkpoint import (
 )
 from ringd.train.encode import Encoder, Geometry
 from ringd.train.gpu_util import UtilizationSampler, utilization_reader
-from ringd.train.loader import choose_tier, memory_budgets, open_loader
+from ringd.train.loader import TierChoice, choose_tier, memory_budgets, open_loader
+from ringd.train.lr import lr_at, warmup_steps
 from ringd.train.model import NetShape, PolicyValueNet, build_model, parameter_count
 from ringd.train.prepare import Prepared
-from ringd.train.protocol import Events, ExitCode, JobFailed, StopFlag
-from ringd.train.schedule import lr_at, warmup_steps
+from ringd.train.protocol import (
+    CheckpointEvent,
+    DoneEvent,
+    EncoderInfo,
+    Events,
+    ExitCode,
+    GraphStatus,
+    JobFailed,
+    LoaderChoice,
+    ModelInfo,
+    ProgressEvent,
+    SkippedGame,
+    StartEvent,
+    StopFlag,
+)
 from ringd.train.spec import JobSpec
 from ringd.train.step import (
     GRAPH_WARMUP_STEPS,
@@ -50,6 +67,8 @@ FINAL = "final.pt"
 RESUME = "resume.pt"
 EXAMPLES = 10  # missing/rejected games listed by name in the start event
 
+LossValues = dict[str, float]  # loss, policy_loss, value_loss, policy_acc of the last report
+
 
 def train(
     spec: JobSpec,
@@ -63,7 +82,29 @@ def train(
 ) -> None:
     """Train on the prepared window and write the final checkpoint; raise JobFailed if not."""
     try:
-        _train(spec, encoder, geometry, prepared, events=events, stop=stop, started=started)
+        out = Path(spec.output_dir)
+        out.mkdir(parents=True, exist_ok=True)  # checkpoints and TensorBoard files
+        device = resolve_device(spec.device)
+        fingerprint = spec.training_fingerprint()
+        resumable = _find_resumable(out, fingerprint)
+        if resumable is not None and resumable.path.name == FINAL:
+            # A rerun of a finished job (the daemon did not hear of its success): report
+            # it again, without loading the window onto the device or training.
+            _report_finished(spec, encoder, geometry, prepared, resumable, device, events, started)
+            return
+        trainer = Trainer(
+            spec,
+            encoder,
+            geometry,
+            prepared,
+            device=device,
+            fingerprint=fingerprint,
+            resumable=resumable,
+            events=events,
+            stop=stop,
+            started=started,
+        )
+        trainer.train()
     except torch.OutOfMemoryError as e:
         raise JobFailed(
             ExitCode.GPU_OOM,
@@ -72,186 +113,246 @@ def train(
         ) from e
 
 
-def _train(
+@dataclass(frozen=True)
+class _Resumable:
+    """A checkpoint of this very job left by an earlier run: where it stopped, what it had."""
+
+    path: Path
+    payload: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.payload["resume"]["step"])
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.payload["resume"]["total_steps"])  # the interrupted run's count
+
+    @property
+    def losses(self) -> LossValues | None:
+        losses: LossValues | None = self.payload["meta"].get("losses")
+        return losses
+
+
+class Trainer:
+    """One run of a job: the constructor sets everything up, :meth:`train` trains.
+
+    ``fingerprint`` is the spec's training fingerprint (recorded in checkpoints);
+    ``resumable`` an unfinished checkpoint of this job to continue from (None: start
+    at step 0, from ``spec.init_checkpoint`` if it names one).
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        encoder: Encoder,
+        geometry: Geometry,
+        prepared: Prepared,
+        *,
+        device: torch.device,
+        fingerprint: str,
+        resumable: _Resumable | None,
+        events: Events,
+        stop: StopFlag,
+        started: float,
+    ) -> None:
+        hyper = spec.hyper
+        self.spec, self.encoder, self.geometry, self.prepared = spec, encoder, geometry, prepared
+        self.events, self.stop, self.started = events, stop, started
+        self.device = device
+        self.amp = _configure_device(device)
+        use_graph, graph_why = _graph_plan(device, hyper.cuda_graphs)
+
+        # The model, fresh from the seed; then resumed, warm-started, or left fresh.
+        self.shape = NetShape(
+            geometry.planes, geometry.height, geometry.width, hyper.channels, hyper.blocks
+        )
+        self.model = _build_model(self.shape, spec, device)
+        self.optimizer = make_optimizer(
+            self.model,
+            lr=hyper.lr,
+            weight_decay=hyper.weight_decay,
+            device=device,
+            for_graph=use_graph,
+        )
+        self.resumed_from = resumable.path if resumable is not None else None
+        self.start_step, self.total_steps, self.losses = self._restore(resumable)
+        self.lr = functools.partial(
+            lr_at,
+            total_steps=self.total_steps,
+            peak=hyper.lr,
+            warmup=warmup_steps(hyper.warmup_steps, self.total_steps),
+        )
+
+        # The loader (the fastest tier the window fits in), the step function, the
+        # checkpointer and the reporter. What is opened here is closed by train(), or
+        # right away if the setup fails.
+        self.tier = _loader_tier(spec, device, prepared.window.nbytes)
+        out = Path(spec.output_dir)
+        with contextlib.ExitStack() as cleanup:
+            self.loader = open_loader(
+                self.tier,
+                prepared.window,
+                device=device,
+                batch=hyper.batch_size,
+                seed=spec.seed,
+                start_step=self.start_step,
+                stop_step=self.total_steps,
+                prefetch=hyper.prefetch,
+            )
+            cleanup.callback(self.loader.close)
+            self.step = TrainStep(
+                torch.compile(self.model) if hyper.compile else self.model,
+                self.optimizer,
+                StepSettings(geometry, self.amp, hyper.channels_last),
+                batch_size=hyper.batch_size,
+                device=device,
+                graph=use_graph,
+                why=graph_why,
+            )
+            meta = _Meta(
+                spec, encoder, geometry, self.shape, prepared, fingerprint, self.total_steps
+            )
+            self.checkpointer = Checkpointer(
+                out, meta, events, self.model, self.optimizer, every_s=hyper.checkpoint_every_s
+            )
+            self.reporter = Reporter(
+                events,
+                open_scalars(out / "tb"),
+                _gpu_sampler(device),
+                total_steps=self.total_steps,
+                batch_size=hyper.batch_size,
+                log_every=hyper.log_every,
+            )
+            cleanup.callback(self.reporter.close)
+            self._cleanup = cleanup.pop_all()
+
+    def train(self) -> None:
+        """Run the steps left, write the final checkpoint and report ``done``.
+
+        Raises JobFailed(INTERRUPTED) when stopped, after saving a resumable checkpoint.
+        """
+        with self._cleanup:  # the loader, GPU sampler and TensorBoard close before "done"
+            self.events.emit(self._start_event())
+            self.reporter.begin(self.start_step)
+            for i in range(self.start_step, self.total_steps):
+                if self.stop():
+                    raise self._interrupted(i)
+                lr = self.lr(i)
+                self.step(self.loader.get(i), lr)
+                done = i + 1
+                if self.reporter.due(done):
+                    self.losses = self.reporter.progress(self.step, done, lr)
+                self.checkpointer.save_if_due(done, self.losses)
+            final = self.checkpointer.save_final(self.losses)
+        self.events.emit(self._done_event(final))
+
+    def _restore(self, resumable: _Resumable | None) -> tuple[int, int, LossValues | None]:
+        """Resume or warm-start the model; (first step, total steps, last losses)."""
+        if resumable is not None:
+            self.model.load_state_dict(resumable.payload["model"])
+            restore_optimizer(self.optimizer, resumable.payload["optimizer"])
+            log.info(
+                "resuming from %s at step %d of %d",
+                resumable.path,
+                resumable.step,
+                resumable.total_steps,
+            )
+            return resumable.step, resumable.total_steps, resumable.losses
+        hyper = self.spec.hyper
+        total_steps = train_steps(
+            self.prepared.new_samples,
+            batch_size=hyper.batch_size,
+            replay_ratio=hyper.replay_ratio,
+            steps=hyper.steps,
+        )
+        if self.spec.init_checkpoint is not None:
+            _warm_start(self.model, Path(self.spec.init_checkpoint), self.encoder, self.geometry)
+        return 0, total_steps, None
+
+    def _interrupted(self, step: int) -> JobFailed:
+        saved = self.checkpointer.save_resume(step, self.losses)
+        return JobFailed(
+            ExitCode.INTERRUPTED,
+            f"{self.stop.signal} at step {step} of {self.total_steps}; "
+            f"resumable checkpoint {saved.path}",
+        )
+
+    def _start_event(self) -> StartEvent:
+        return _start_event(
+            self.spec,
+            self.encoder,
+            self.geometry,
+            self.prepared,
+            total_steps=self.total_steps,
+            start_step=self.start_step,
+            device=str(self.device),
+            amp=str(self.amp).removeprefix("torch.") if self.amp else None,
+            loader=LoaderChoice(tier=self.tier.tier, why=self.tier.why),
+            cuda_graph=GraphStatus(enabled=self.step.graph_enabled, why=self.step.graph_why),
+            model=ModelInfo(**self.shape.as_dict(), parameters=parameter_count(self.model)),
+            resumed_from=str(self.resumed_from) if self.resumed_from else None,
+            init_checkpoint=self.spec.init_checkpoint if self.resumed_from is None else None,
+        )
+
+    def _done_event(self, final: Saved) -> DoneEvent:
+        return DoneEvent(
+            steps=self.total_steps,
+            **(self.losses or {}),
+            seconds=round(time.monotonic() - self.started, 3),
+            checkpoint=str(final.path),
+            sha256=final.sha256,
+            seq_first=self.prepared.seq_first,
+            seq_last=self.prepared.seq_last,
+            cuda_graph=GraphStatus(enabled=self.step.graph_enabled, why=self.step.graph_why),
+            gpu_util_median=self.reporter.gpu_median(),
+        )
+
+
+def _start_event(
     spec: JobSpec,
     encoder: Encoder,
     geometry: Geometry,
     prepared: Prepared,
     *,
-    events: Events,
-    stop: StopFlag,
-    started: float,
-) -> None:
-    hyper = spec.hyper
-    out = Path(spec.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(spec.device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-
-    # The model, fresh from the seed; then resumed, warm-started, or left fresh.
-    shape = NetShape(geometry.planes, geometry.height, geometry.width, hyper.channels, hyper.blocks)
-    model = build_model(shape, seed=spec.seed).to(device)
-    if hyper.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    use_graph, graph_why = _graph_plan(device, hyper.cuda_graphs)
-    optimizer = make_optimizer(
-        model, lr=hyper.lr, weight_decay=hyper.weight_decay, device=device, for_graph=use_graph
-    )
-    fingerprint = spec.training_fingerprint()
-    resumed = _find_resume(out, fingerprint)
-    if resumed is not None:
-        resumed_from, payload = resumed
-        model.load_state_dict(payload["model"])
-        restore_optimizer(optimizer, payload["optimizer"])
-        start_step = int(payload["resume"]["step"])
-        total_steps = int(payload["resume"]["total_steps"])  # the interrupted run's count
-        losses: dict[str, float] | None = payload["meta"].get("losses")
-        log.info("resuming from %s at step %d of %d", resumed_from, start_step, total_steps)
-    else:
-        resumed_from, start_step, losses = None, 0, None
-        total_steps = train_steps(
-            prepared.new_samples,
-            batch_size=hyper.batch_size,
-            replay_ratio=hyper.replay_ratio,
-            steps=hyper.steps,
-        )
-        if spec.init_checkpoint is not None:
-            _warm_start(model, Path(spec.init_checkpoint), encoder, geometry)
-    if resumed_from is not None and resumed_from.name == FINAL:
-        # A rerun of a finished job (the daemon did not hear of its success): report it again.
-        _report_finished(
-            spec, encoder, geometry, prepared, resumed_from, payload, events, started, device
-        )
-        return
-    warmup = warmup_steps(hyper.warmup_steps, total_steps)
-
-    def lr(i: int) -> float:
-        return lr_at(i, total_steps=total_steps, peak=hyper.lr, warmup=warmup)
-
-    # The loader: the fastest tier the window fits in. Then the step function.
-    gpu_budget, host_budget = memory_budgets(
-        device, hyper.gpu_memory_budget_gb, hyper.host_memory_budget_gb
-    )
-    tier = choose_tier(
-        hyper.loader,
-        cuda=cuda,
-        window_bytes=prepared.window.nbytes,
-        gpu_budget=gpu_budget,
-        host_budget=host_budget,
-    )
-    checkpoints = _Checkpoints(
-        out, _Meta(spec, encoder, geometry, shape, prepared, fingerprint, total_steps), events
-    )
-    with contextlib.ExitStack() as cleanup:
-        loader = open_loader(
-            tier,
-            prepared.window,
-            device=device,
-            batch=hyper.batch_size,
-            seed=spec.seed,
-            start_step=start_step,
-            stop_step=total_steps,
-            prefetch=hyper.prefetch,
-        )
-        cleanup.callback(loader.close)
-        step = TrainStep(
-            torch.compile(model) if hyper.compile else model,
-            optimizer,
-            StepSettings(geometry, amp, hyper.channels_last),
-            batch_size=hyper.batch_size,
-            device=device,
-            graph=use_graph,
-            why=graph_why,
-        )
-        events.emit(
-            "start",
-            **_start_fields(spec, encoder, geometry, prepared, total_steps, start_step),
-            loader={"tier": tier.tier, "why": tier.why},
-            device=str(device),
-            amp=str(amp).removeprefix("torch.") if amp else None,
-            cuda_graph={"enabled": use_graph, "why": graph_why},
-            model={**shape.as_dict(), "parameters": parameter_count(model)},
-            resumed_from=str(resumed_from) if resumed_from else None,
-            init_checkpoint=spec.init_checkpoint if resumed_from is None else None,
-        )
-        report = cleanup.enter_context(
-            _Reporter(
-                events,
-                open_scalars(out / "tb"),
-                _gpu_sampler(device),
-                total_steps,
-                hyper.batch_size,
-            )
-        )
-        report.begin(start_step)
-        last_save = time.monotonic()
-
-        for i in range(start_step, total_steps):
-            if stop():
-                saved = checkpoints.save(RESUME, model, optimizer, i, losses)
-                raise JobFailed(
-                    ExitCode.INTERRUPTED,
-                    f"{stop.signal} at step {i} of {total_steps}; resumable checkpoint {saved.path}",
-                )
-            step(loader.get(i), lr(i))
-            done = i + 1
-            if done % hyper.log_every == 0 or done == total_steps:
-                losses = report.progress(step, done, lr(i))
-            if time.monotonic() - last_save >= hyper.checkpoint_every_s and done < total_steps:
-                checkpoints.save(RESUME, model, optimizer, done, losses)
-                last_save = time.monotonic()
-
-        final = checkpoints.save(FINAL, model, optimizer, total_steps, losses)
-        checkpoints.remove(RESUME)  # the final checkpoint resumes too: a rerun ends at once
-
-    events.emit(
-        "done",
-        steps=total_steps,
-        **(losses or {}),
-        seconds=round(time.monotonic() - started, 3),
-        checkpoint=str(final.path),
-        sha256=final.sha256,
-        seq_first=prepared.seq_first,
-        seq_last=prepared.seq_last,
-        cuda_graph={"enabled": step.graph_enabled, "why": step.graph_why},
-        gpu_util_median=report.gpu_median(),
-    )
-
-
-def _start_fields(
-    spec: JobSpec,
-    encoder: Encoder,
-    geometry: Geometry,
-    prepared: Prepared,
     total_steps: int,
     start_step: int,
-) -> dict[str, Any]:
-    return {
-        "job_id": spec.job_id,
-        "config": spec.config,
-        "games": len(spec.games),
-        "usable_games": len(spec.games) - len(prepared.missing) - len(prepared.rejected),
-        "missing_games": len(prepared.missing),
-        "missing": [{"seq": m.seq, "reason": m.reason} for m in prepared.missing[:EXAMPLES]],
-        "rejected_games": len(prepared.rejected),
-        "rejected": [
-            {"seq": spec.games[i].seq, "reason": why} for i, why in prepared.rejected[:EXAMPLES]
-        ],
-        "new_games": prepared.new_games,
-        "encoded_games": prepared.encoded,
-        "cached_games": prepared.cached,
-        "samples": prepared.window.size,
-        "new_samples": prepared.new_samples,
-        "steps": total_steps,
-        "start_step": start_step,
-        "batch_size": spec.hyper.batch_size,
-        "encoder": {"name": encoder.name, "version": encoder.version, **geometry.as_dict()},
-    }
+    device: str,
+    amp: str | None,
+    loader: LoaderChoice,
+    cuda_graph: GraphStatus,
+    model: ModelInfo,
+    resumed_from: str | None,
+    init_checkpoint: str | None,
+) -> StartEvent:
+    """The ``start`` event: the window as prepared, and this run's plan."""
+    missing, rejected = prepared.missing, prepared.rejected
+    return StartEvent(
+        job_id=spec.job_id,
+        config=spec.config,
+        games=len(spec.games),
+        usable_games=len(spec.games) - len(missing) - len(rejected),
+        missing_games=len(missing),
+        missing=[SkippedGame(seq=m.seq, reason=m.reason) for m in missing[:EXAMPLES]],
+        rejected_games=len(rejected),
+        rejected=[SkippedGame(seq=spec.games[i].seq, reason=why) for i, why in rejected[:EXAMPLES]],
+        new_games=prepared.new_games,
+        encoded_games=prepared.encoded,
+        cached_games=prepared.cached,
+        samples=prepared.window.size,
+        new_samples=prepared.new_samples,
+        steps=total_steps,
+        start_step=start_step,
+        batch_size=spec.hyper.batch_size,
+        encoder=EncoderInfo(name=encoder.name, version=encoder.version, **geometry.as_dict()),
+        device=device,
+        amp=amp,
+        loader=loader,
+        cuda_graph=cuda_graph,
+        model=model,
+        resumed_from=resumed_from,
+        init_checkpoint=init_checkpoint,
+    )
 
 
 def _report_finished(
@@ -259,42 +360,48 @@ def _report_finished(
     encoder: Encoder,
     geometry: Geometry,
     prepared: Prepared,
-    final: Path,
-    payload: dict[str, Any],
+    final: _Resumable,
+    device: torch.device,
     events: Events,
     started: float,
-    device: torch.device,
 ) -> None:
-    meta = payload["meta"]
-    total = int(payload["resume"]["total_steps"])
+    """``start`` and ``done`` again for a job whose final checkpoint is already there."""
+    meta = final.payload["meta"]
     already = "already trained: its final checkpoint is there"
     events.emit(
-        "start",
-        **_start_fields(spec, encoder, geometry, prepared, total, total),
-        device=str(device),
-        amp=None,
-        loader={"tier": None, "why": already},
-        cuda_graph={"enabled": False, "why": already},
-        model=meta["model"],
-        resumed_from=str(final),
-        init_checkpoint=None,
+        _start_event(
+            spec,
+            encoder,
+            geometry,
+            prepared,
+            total_steps=final.total_steps,
+            start_step=final.total_steps,
+            device=str(device),
+            amp=None,
+            loader=LoaderChoice(tier=None, why=already),
+            cuda_graph=GraphStatus(enabled=False, why=already),
+            model=ModelInfo.model_validate(meta["model"]),
+            resumed_from=str(final.path),
+            init_checkpoint=None,
+        )
     )
     events.emit(
-        "done",
-        steps=total,
-        **(meta.get("losses") or {}),
-        seconds=round(time.monotonic() - started, 3),
-        checkpoint=str(final),
-        sha256=file_sha256(final),
-        seq_first=meta.get("seq_first"),
-        seq_last=meta.get("seq_last"),
-        cuda_graph={"enabled": False, "why": already},
-        gpu_util_median=None,
+        DoneEvent(
+            steps=final.total_steps,
+            **(final.losses or {}),
+            seconds=round(time.monotonic() - started, 3),
+            checkpoint=str(final.path),
+            sha256=file_sha256(final.path),
+            seq_first=meta.get("seq_first"),
+            seq_last=meta.get("seq_last"),
+            cuda_graph=GraphStatus(enabled=False, why=already),
+            gpu_util_median=None,
+        )
     )
 
 
-class _Reporter:
-    """Progress events, TensorBoard scalars and GPU utilisation, every log_every steps.
+class Reporter:
+    """Progress events, TensorBoard scalars and GPU utilisation, every ``log_every`` steps.
 
     Reading the loss sums is the loop's only wait for the device, once per report.
     """
@@ -304,58 +411,205 @@ class _Reporter:
         events: Events,
         scalars: Scalars,
         sampler: UtilizationSampler | None,
+        *,
         total_steps: int,
         batch_size: int,
+        log_every: int,
     ) -> None:
         self._events = events
         self._scalars = scalars
         self._sampler = sampler
+        self._sampling = False
         self._total = total_steps
         self._batch = batch_size
+        self._every = log_every
         self._since, self._since_step = time.monotonic(), 0
 
-    def __enter__(self) -> _Reporter:
+    def begin(self, step: int) -> None:
+        """Start sampling the GPU and timing the steps from ``step`` on."""
         if self._sampler:
             self._sampler.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._sampler:
-            self._sampler.__exit__()
-        self._scalars.close()
-
-    def begin(self, step: int) -> None:
+            self._sampling = True
         self._since, self._since_step = time.monotonic(), step
 
-    def progress(self, step: TrainStep, done: int, lr: float) -> dict[str, float]:
-        metrics = step.read_metrics()
-        assert metrics is not None
+    def due(self, done: int) -> bool:
+        """Whether the loop reports after ``done`` steps: every ``log_every``, and the last."""
+        return done % self._every == 0 or done == self._total
+
+    def progress(self, step: TrainStep, done: int, lr: float) -> LossValues:
+        """Emit a ``progress`` event and its scalars; the averaged losses, for checkpoints."""
+        averages = step.read_losses()
+        assert averages is not None  # the loop reports only after a step
+        losses = averages.as_dict()
         now = time.monotonic()
         rate = (done - self._since_step) * self._batch / max(now - self._since, 1e-9)
         eta = (self._total - done) * self._batch / rate if rate > 0 else None
         gpu = self._sampler.latest() if self._sampler else None
         self._events.emit(
-            "progress",
-            step=done,
-            total_steps=self._total,
-            **metrics.as_dict(),
-            lr=lr,
-            samples_per_s=round(rate, 1),
-            eta_s=round(eta, 1) if eta is not None else None,
-            gpu_util=gpu,
-            cuda_graph=step.graph_enabled,
+            ProgressEvent(
+                step=done,
+                total_steps=self._total,
+                **losses,
+                lr=lr,
+                samples_per_s=round(rate, 1),
+                eta_s=round(eta, 1) if eta is not None else None,
+                gpu_util=gpu,
+                cuda_graph=step.graph_enabled,
+            )
         )
-        for name, value in metrics.as_dict().items():
+        for name, value in losses.items():
             self._scalars.add(f"train/{name}", value, done)
         self._scalars.add("train/lr", lr, done)
         self._scalars.add("speed/samples_per_s", rate, done)
         if gpu is not None:
             self._scalars.add("speed/gpu_utilization", float(gpu), done)
         self._since, self._since_step = now, done
-        return metrics.as_dict()
+        return losses
 
     def gpu_median(self) -> float | None:
+        """The median GPU utilisation sampled so far (None off CUDA or without NVML)."""
         return self._sampler.median() if self._sampler else None
+
+    def close(self) -> None:
+        """Stop the GPU sampler and flush the TensorBoard files."""
+        if self._sampler and self._sampling:
+            self._sampler.__exit__()
+            self._sampling = False
+        self._scalars.close()
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What every checkpoint of this job records about it."""
+
+    spec: JobSpec
+    encoder: Encoder
+    geometry: Geometry
+    shape: NetShape
+    prepared: Prepared
+    fingerprint: str
+    total_steps: int
+
+    def at(self, step: int, losses: LossValues | None) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        return {
+            "job_id": self.spec.job_id,
+            "config": self.spec.config,
+            "board": self.spec.board,
+            "players": self.spec.players,
+            "encoder": {"name": self.encoder.name, "version": self.encoder.version},
+            "geometry": self.geometry.as_dict(),
+            "model": self.shape.as_dict(),
+            "seq_first": self.prepared.seq_first,
+            "seq_last": self.prepared.seq_last,
+            "new_from_seq": self.spec.new_from_seq,
+            "samples": self.prepared.window.size,
+            "step": step,
+            "total_steps": self.total_steps,
+            "losses": losses,
+            "init_checkpoint": self.spec.init_checkpoint,
+            "created": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "created_unix": round(now.timestamp(), 3),
+            "torch": str(torch.__version__),  # a plain str: weights_only loads refuse TorchVersion
+        }
+
+
+class Checkpointer:
+    """This job's checkpoints in its output folder: when one is due, writing, reporting.
+
+    A resumable checkpoint (``resume.pt``) every ``every_s`` seconds and when the job
+    is stopped; the final one (``final.pt``) at the end, which supersedes it.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        meta: _Meta,
+        events: Events,
+        model: PolicyValueNet,
+        optimizer: torch.optim.Optimizer,
+        *,
+        every_s: float,
+    ) -> None:
+        self._out = out
+        self._meta = meta
+        self._events = events
+        self._model = model
+        self._optimizer = optimizer
+        self._every_s = every_s
+        self._last_save = time.monotonic()
+
+    def save_if_due(self, step: int, losses: LossValues | None) -> None:
+        """A resumable checkpoint after ``step`` steps if ``every_s`` have passed since the last.
+
+        Never after the last step: the final checkpoint follows at once.
+        """
+        if step < self._meta.total_steps and time.monotonic() - self._last_save >= self._every_s:
+            self.save_resume(step, losses)
+
+    def save_resume(self, step: int, losses: LossValues | None) -> Saved:
+        """``resume.pt`` at ``step``: a rerun of the same spec continues from there."""
+        return self._save(RESUME, step, losses)
+
+    def save_final(self, losses: LossValues | None) -> Saved:
+        """``final.pt``, then remove ``resume.pt`` (the final one resumes too: a rerun ends)."""
+        saved = self._save(FINAL, self._meta.total_steps, losses)
+        for stale in (self._out / RESUME, (self._out / RESUME).with_suffix(".json")):
+            stale.unlink(missing_ok=True)
+        return saved
+
+    def _save(self, name: str, step: int, losses: LossValues | None) -> Saved:
+        saved = save_checkpoint(
+            self._out / name,
+            meta=self._meta.at(step, losses),
+            model=self._model.state_dict(),
+            optimizer=self._optimizer.state_dict(),
+            resume={
+                "fingerprint": self._meta.fingerprint,
+                "step": step,
+                "total_steps": self._meta.total_steps,
+            },
+        )
+        self._last_save = time.monotonic()
+        log.info("checkpoint %s at step %d (sha256 %s)", saved.path, step, saved.sha256[:12])
+        kind = "final" if name == FINAL else "resume"
+        self._events.emit(
+            CheckpointEvent(path=str(saved.path), sha256=saved.sha256, step=step, kind=kind)
+        )
+        return saved
+
+
+def _configure_device(device: torch.device) -> torch.dtype | None:
+    """Set the CUDA math flags; the autocast dtype (bf16 where supported, None: float32)."""
+    if device.type != "cuda":
+        return None
+    torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+
+
+def _build_model(shape: NetShape, spec: JobSpec, device: torch.device) -> PolicyValueNet:
+    """The network, initialised from the spec's seed, on ``device`` in its memory format."""
+    model = build_model(shape, seed=spec.seed).to(device)
+    if spec.hyper.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
+
+
+def _loader_tier(spec: JobSpec, device: torch.device, window_bytes: int) -> TierChoice:
+    """The loader tier the spec asks for, or (``auto``) the fastest the window fits in."""
+    hyper = spec.hyper
+    gpu_budget, host_budget = memory_budgets(
+        device, hyper.gpu_memory_budget_gb, hyper.host_memory_budget_gb
+    )
+    return choose_tier(
+        hyper.loader,
+        cuda=device.type == "cuda",
+        window_bytes=window_bytes,
+        gpu_budget=gpu_budget,
+        host_budget=host_budget,
+    )
 
 
 def _gpu_sampler(device: torch.device) -> UtilizationSampler | None:
@@ -402,7 +656,7 @@ def _pci_bus_id(device: torch.device) -> str | None:
     return f"{domain:08X}:{bus:02X}:{dev:02X}.0"
 
 
-def _find_resume(out: Path, fingerprint: str) -> tuple[Path, dict[str, Any]] | None:
+def _find_resumable(out: Path, fingerprint: str) -> _Resumable | None:
     """A checkpoint of this very job left by an earlier run (final first, then resume)."""
     for name in (FINAL, RESUME):
         path = out / name
@@ -416,7 +670,7 @@ def _find_resume(out: Path, fingerprint: str) -> tuple[Path, dict[str, Any]] | N
         if payload["resume"].get("fingerprint") != fingerprint:
             log.warning("not resuming from %s: it was made for another spec", path)
             continue
-        return path, payload
+        return _Resumable(path, payload)
     return None
 
 
@@ -444,75 +698,3 @@ def _warm_start(model: PolicyValueNet, path: Path, encoder: Encoder, geometry: G
             f"{model.shape.blocks} blocks): {listed}",
         )
     model.load_state_dict(payload["model"])
-
-
-@dataclass(frozen=True)
-class _Meta:
-    """What every checkpoint of this job records about it."""
-
-    spec: JobSpec
-    encoder: Encoder
-    geometry: Geometry
-    shape: NetShape
-    prepared: Prepared
-    fingerprint: str
-    total_steps: int
-
-    def at(self, step: int, losses: dict[str, float] | None) -> dict[str, Any]:
-        now = datetime.now(UTC)
-        return {
-            "job_id": self.spec.job_id,
-            "config": self.spec.config,
-            "board": self.spec.board,
-            "players": self.spec.players,
-            "encoder": {"name": self.encoder.name, "version": self.encoder.version},
-            "geometry": self.geometry.as_dict(),
-            "model": self.shape.as_dict(),
-            "seq_first": self.prepared.seq_first,
-            "seq_last": self.prepared.seq_last,
-            "new_from_seq": self.spec.new_from_seq,
-            "samples": self.prepared.window.size,
-            "step": step,
-            "total_steps": self.total_steps,
-            "losses": losses,
-            "init_checkpoint": self.spec.init_checkpoint,
-            "created": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "created_unix": round(now.timestamp(), 3),
-            "torch": str(torch.__version__),  # a plain str: weights_only loads refuse TorchVersion
-        }
-
-
-class _Checkpoints:
-    """Saves this job's checkpoints in its output folder and reports each one."""
-
-    def __init__(self, out: Path, meta: _Meta, events: Events) -> None:
-        self._out = out
-        self._meta = meta
-        self._events = events
-
-    def save(
-        self,
-        name: str,
-        model: PolicyValueNet,
-        optimizer: torch.optim.Optimizer,
-        step: int,
-        losses: dict[str, float] | None,
-    ) -> Saved:
-        meta = self._meta
-        saved = save_checkpoint(
-            self._out / name,
-            meta=meta.at(step, losses),
-            model=model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            resume={"fingerprint": meta.fingerprint, "step": step, "total_steps": meta.total_steps},
-        )
-        log.info("checkpoint %s at step %d (sha256 %s)", saved.path, step, saved.sha256[:12])
-        kind = "final" if name == FINAL else "resume"
-        self._events.emit(
-            "checkpoint", path=str(saved.path), sha256=saved.sha256, step=step, kind=kind
-        )
-        return saved
-
-    def remove(self, name: str) -> None:
-        (self._out / name).unlink(missing_ok=True)
-        (self._out / name).with_suffix(".json").unlink(missing_ok=True)

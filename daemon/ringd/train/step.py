@@ -45,14 +45,13 @@ class Losses:
 
 
 @dataclass(frozen=True)
-class Metrics:
-    """Averages over the steps since the last read."""
+class LossAverages:
+    """Loss terms averaged over the steps since the last read."""
 
     loss: float
     policy_loss: float
     value_loss: float
     policy_acc: float
-    steps: int
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -180,14 +179,14 @@ class TrainStep:
         self._count += 1
         self._graph.replay()
 
-    def read_metrics(self) -> Metrics | None:
+    def read_losses(self) -> LossAverages | None:
         """Averages since the last call (waits for the device), or None if no step ran."""
         if self._count == 0:
             return None
         loss, policy_loss, value_loss, acc = (self._sums / self._count).tolist()
-        steps, self._count = self._count, 0
+        self._count = 0
         self._sums.zero_()
-        return Metrics(loss, policy_loss, value_loss, acc, steps)
+        return LossAverages(loss, policy_loss, value_loss, acc)
 
     def _body(self, batch: PackedBatch) -> None:
         losses = compute_losses(self._forward, batch, self._settings)
