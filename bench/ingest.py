@@ -21,8 +21,9 @@ from pathlib import Path
 
 from _common import machine, measure, table
 from ringd.ledger import Ledger
-from ringd.sim import write_corpus
+from ringd.records import Rules
 from ringd.scan import discover, scan
+from ringd.sim import write_corpus
 
 GAMES_PER_FILE = 400
 
@@ -87,7 +88,7 @@ def main() -> None:
 
     def ringd() -> None:
         with Ledger(state / "ledger.sqlite") as ledger:
-            report = scan(ledger, [args.dir / "corpus"], 64 * 1024 * 1024)
+            report = scan(ledger, [args.dir / "corpus"], Rules())
             result["games"] = report.new_total
 
     t_wc = measure(wc, args.runs)

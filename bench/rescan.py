@@ -22,8 +22,9 @@ from pathlib import Path
 from _common import Timing, machine, measure, table
 from _daemon import BenchDaemon
 from ringd.ledger import Ledger
-from ringd.sim import write_corpus
+from ringd.records import Rules
 from ringd.scan import discover, scan
+from ringd.sim import write_corpus
 
 
 def build(folder: Path, files: int, games: int) -> None:
@@ -42,7 +43,7 @@ def build(folder: Path, files: int, games: int) -> None:
         "configs:\n" + "".join(f"  {name}: {{threshold: 1000}}\n" for name in info.per_config)
     )
     with Ledger(folder / "var" / "ledger.sqlite") as ledger:
-        report = scan(ledger, [folder / "data" / "selfplay"], 1 << 20)
+        report = scan(ledger, [folder / "data" / "selfplay"], Rules(max_line=1 << 20))
         assert report.new_total == info.games, (report.new_total, info.games)
     marker.write_text(json.dumps(want))
 
@@ -74,7 +75,7 @@ def main() -> None:
 
     def in_process() -> None:
         with Ledger(args.dir / "var" / "ledger.sqlite") as ledger:
-            report = scan(ledger, [root], 1 << 20)
+            report = scan(ledger, [root], Rules(max_line=1 << 20))
             assert report.files_read == 0 and report.new_total == 0
             totals.append(sum(c.total for c in ledger.config_counts()))
 

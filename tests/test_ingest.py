@@ -10,17 +10,18 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import append, game_line
-from ringd.ledger import Ledger
-from ringd.records import Reason
+from harness import append, game_line
 from ringd.cursor import Decision, FileStat, index_file, read_chunks
+from ringd.ledger import Ledger
+from ringd.records import Reason, Rules
 from ringd.scan import ScanReport, scan
 
 MAX_LINE = 1024 * 1024
+RULES = Rules(max_line=MAX_LINE)
 
 
 def run_scan(root: Path, ledger: Ledger) -> ScanReport:
-    return scan(ledger, [root], MAX_LINE)
+    return scan(ledger, [root], RULES)
 
 
 def counts(ledger: Ledger) -> dict[str, int]:
@@ -179,11 +180,13 @@ def test_every_reject_reason_is_counted_and_ingest_continues(tmp_path: Path) -> 
         b'{"boardType":"hex8","numPlayers":12}',
         b'{"boardType":"hex8","board_type":"square8","numPlayers":2}',
         b'{"boardType":"hex8","numPlayers":2,"pad":"' + b"x" * 3000 + b'"}',
+        b'{"boardType":"hex8","numPlayers":2,"status":"in_progress","moves":[{"to":1}]}',
+        b'{"boardType":"hex8","numPlayers":2,"moves":null}',
     ]
     data = b"".join(game_line("hex8", 2, i) + b + b"\n" for i, b in enumerate(bad))
     append(tmp_path / "sp" / "a.jsonl", data + game_line("hex8", 2, 99))
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        report = scan(ledger, [tmp_path / "sp"], max_line=2048)
+        report = scan(ledger, [tmp_path / "sp"], Rules(max_line=2048))
         assert counts(ledger) == {"hex8_2p": len(bad) + 1}
         assert ledger.reject_counts() == {reason.value: 1 for reason in Reason}
         assert report.rejects == ledger.reject_counts()
@@ -214,10 +217,10 @@ def test_an_unterminated_over_long_line_waits_like_any_partial_line(tmp_path: Pa
     path = tmp_path / "sp" / "a.jsonl"
     append(path, game_line("hex8", 2, 1) + b'{"pad":"' + b"x" * 5000)
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        scan(ledger, [tmp_path / "sp"], max_line=2048)
+        scan(ledger, [tmp_path / "sp"], Rules(max_line=2048))
         assert ledger.rejected_total() == 0
         append(path, b'"}\n' + game_line("hex8", 2, 2))
-        scan(ledger, [tmp_path / "sp"], max_line=2048)
+        scan(ledger, [tmp_path / "sp"], Rules(max_line=2048))
         assert ledger.reject_counts() == {"line_too_long": 1}
         assert counts(ledger) == {"hex8_2p": 2}
 
@@ -235,7 +238,7 @@ def test_symlink_loops_are_reported_and_not_followed_forever(tmp_path: Path) -> 
 def test_a_missing_root_is_reported_not_fatal(tmp_path: Path) -> None:
     append(tmp_path / "sp" / "x.jsonl", game_line("square8", 2, 1))
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        report = scan(ledger, [tmp_path / "absent", tmp_path / "sp"], MAX_LINE)
+        report = scan(ledger, [tmp_path / "absent", tmp_path / "sp"], RULES)
         assert counts(ledger) == {"square8_2p": 1}
         assert report.errors == [f"{tmp_path / 'absent'}: watched root does not exist (yet)"]
 
@@ -244,10 +247,10 @@ def test_index_file_stat_only_when_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     path.write_bytes(game_line("square8", 2, 1))
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        assert index_file(ledger, str(path), MAX_LINE).decision is Decision.NEW
-        assert index_file(ledger, str(path), MAX_LINE).decision is Decision.UNCHANGED
+        assert index_file(ledger, str(path), RULES).decision is Decision.NEW
+        assert index_file(ledger, str(path), RULES).decision is Decision.UNCHANGED
         append(path, game_line("square8", 2, 2))
-        result = index_file(ledger, str(path), MAX_LINE)
+        result = index_file(ledger, str(path), RULES)
         assert result.decision is Decision.VERIFY and result.new_total == 1
         row = ledger.file(str(path))
         assert row is not None

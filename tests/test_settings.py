@@ -136,3 +136,75 @@ def test_check_config_prints_ok_or_the_errors(tmp_path: Path) -> None:
 def test_the_published_json_schema_matches_the_models() -> None:
     published = json.loads((REPO / "config" / "ringd.schema.json").read_text())
     assert published == Settings.model_json_schema(), "run: ringd schema > config/ringd.schema.json"
+
+
+def test_records_default_to_ringrifts_aliases_and_unfinished_statuses(tmp_path: Path) -> None:
+    path = tmp_path / "ringd.yaml"
+    path.write_text("watch: {max_line_bytes: 4096}\n")
+    rules = load_settings(path).rules
+    assert rules.aliases == {
+        "hex": "hexagonal",
+        "full_hex": "hexagonal",
+        "hex24": "hexagonal",
+        "sq8": "square8",
+        "sq19": "square19",
+    }
+    assert {"in_progress", "error", "abandoned"} <= rules.unfinished
+    assert rules.max_line == 4096
+
+
+def test_records_rules_are_read_from_the_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "ringd.yaml"
+    path.write_text(
+        "records:\n"
+        "  board_aliases: {tiny: square8, big: my_board}\n"
+        "  unfinished_statuses: [In_Progress, timeout]\n"
+        "configs:\n  my_board_2p: {threshold: 5}\n"
+    )
+    rules = load_settings(path).rules
+    assert rules.aliases == {"tiny": "square8", "big": "my_board"}
+    assert rules.unfinished == {"in_progress", "timeout"}
+
+
+def test_an_alias_of_an_unknown_board_names_its_line(tmp_path: Path) -> None:
+    errors = errors_of(
+        tmp_path,
+        "records:\n  board_aliases:\n    hex: hexagonal\n    sq9: square9\n    hx: hex\n"
+        "    hex8: hexagonal\n",
+    )
+    where = tmp_path / "ringd.yaml"
+    assert errors == [
+        f"{where}:4: records.board_aliases.sq9: 'sq9' maps to unknown board 'square9' "
+        "(RingRift's: square8, square19, hex8, hexagonal; or a board named in configs)",
+        f"{where}:5: records.board_aliases.hx: 'hex' is itself an alias: "
+        "map 'hx' to the board it stands for",
+        f"{where}:6: records.board_aliases.hex8: 'hex8' is a RingRift board; it cannot be an alias",
+    ]
+
+
+def test_alias_and_board_names_follow_the_board_name_rule(tmp_path: Path) -> None:
+    errors = errors_of(
+        tmp_path, "records:\n  board_aliases:\n    Hex: hexagonal\n    ok: Square8\n"
+    )
+    assert [e.split(": ", 2)[:2] for e in errors] == [
+        [f"{tmp_path / 'ringd.yaml'}:3", "records.board_aliases.Hex"],
+        [f"{tmp_path / 'ringd.yaml'}:4", "records.board_aliases.ok"],
+    ]
+    assert "is not a board name" in errors[0]
+
+
+def test_a_configuration_named_by_an_alias_is_an_error(tmp_path: Path) -> None:
+    errors = errors_of(
+        tmp_path, "configs:\n  hexagonal_2p: {threshold: 5}\n  hex_2p: {threshold: 5}\n"
+    )
+    assert errors == [
+        f"{tmp_path / 'ringd.yaml'}:3: configs.hex_2p: 'hex' is an alias of 'hexagonal' "
+        "(records.board_aliases): name the configuration hexagonal_2p"
+    ]
+
+
+def test_an_empty_status_is_an_error(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path, "records:\n  unfinished_statuses: [error, '  ']\n")
+    assert len(errors) == 1 and errors[0].startswith(
+        f"{tmp_path / 'ringd.yaml'}:2: records.unfinished_statuses[1]: a status must not be empty"
+    )

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from ringd.ledger import Added, Cursor, GameRow, Ledger, RejectRow, merge_added
-from ringd.records import Game, Reason, parse_line
+from ringd.ledger import Added, Cursor, FileRow, GameRow, Ledger, RejectRow, merge_added
+from ringd.records import Game, Reason, Rules, game_key, key_candidates, line_key, parse_line
 
 FINGERPRINT_SPAN = 4096
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -137,7 +137,7 @@ class FileResult:
 def index_file(
     ledger: Ledger,
     path: str,
-    max_line: int,
+    rules: Rules,
     *,
     commit_bytes: int = CHUNK_BYTES,
     on_bytes: Callable[[int], None] | None = None,
@@ -145,8 +145,10 @@ def index_file(
 ) -> FileResult:
     """Read what is new in one file and commit it, chunk by chunk, with its cursor.
 
-    `stop` ends reading after the chunk in hand is committed (shutdown).
-    Raises OSError when the file cannot be opened or read (the caller reports it).
+    `rules` say how lines become games (aliases, unfinished statuses, the
+    line size limit). `stop` ends reading after the chunk in hand is committed
+    (shutdown). Raises OSError when the file cannot be opened or read (the
+    caller reports it).
     """
     row = ledger.file(path)
     cursor = row.cursor if row else None
@@ -164,38 +166,57 @@ def index_file(
             if fingerprint(fd, cursor.offset) == cursor.fingerprint:
                 start = cursor.offset
         file_id = ledger.track_file(path, st.dev, st.ino)
+        # A read from 0 of a known file replaces what its earlier reads rejected.
+        restart = start == 0 and row is not None
+        # Only a read from 0 (a moved, copied or rewritten file) can bring back a
+        # game counted under its line's hash before schema 4; appends are new.
+        with_line_keys = start == 0 and ledger.line_keys
 
         games: list[GameRow] = []
         rejects: list[RejectRow] = []
         pending_bytes = 0
         offset = start
-        for chunk in read_chunks(fd, start, max_line):
-            _classify(chunk, games, rejects, result)
+        for chunk in read_chunks(fd, start, rules.max_line):
+            _classify(chunk, rules, with_line_keys, games, rejects, result)
             pending_bytes += chunk.end - offset
             result.bytes_read += chunk.end - offset
             if on_bytes is not None:
                 on_bytes(chunk.end - offset)
             offset = chunk.end
             if pending_bytes >= commit_bytes:
-                _commit(ledger, file_id, fd, st, offset, games, rejects, result)
-                games, rejects, pending_bytes = [], [], 0
+                _commit(ledger, file_id, fd, st, offset, games, rejects, result, restart)
+                games, rejects, pending_bytes, restart = [], [], 0, False
                 if stop is not None and stop.is_set():
                     break
         # Always commit the last stat, even with nothing read, so the next scan
         # of an unchanged file is stat-only.
-        _commit(ledger, file_id, fd, st, offset, games, rejects, result)
+        _commit(ledger, file_id, fd, st, offset, games, rejects, result, restart)
         return result
     finally:
         os.close(fd)
 
 
 def _classify(
-    chunk: Chunk, games: list[GameRow], rejects: list[RejectRow], result: FileResult
+    chunk: Chunk,
+    rules: Rules,
+    with_line_keys: bool,
+    games: list[GameRow],
+    rejects: list[RejectRow],
+    result: FileResult,
 ) -> None:
     for offset, line in chunk.lines:
-        parsed = parse_line(line)
+        parsed = parse_line(line, rules)
         if isinstance(parsed, Game):
-            games.append(GameRow(parsed.config, parsed.key, offset, len(line), parsed.game_id))
+            games.append(
+                GameRow(
+                    parsed.config,
+                    parsed.key,
+                    offset,
+                    len(line),
+                    parsed.game_id,
+                    line_key(line) if with_line_keys else None,
+                )
+            )
             result.games += 1
         else:
             rejects.append(RejectRow(offset, len(line), parsed.reason, parsed.detail))
@@ -212,8 +233,34 @@ def _commit(
     games: list[GameRow],
     rejects: list[RejectRow],
     result: FileResult,
+    restart: bool,
 ) -> None:
     cursor = Cursor(st.dev, st.ino, offset, fingerprint(fd, offset), st.size, st.mtime_ns)
-    merge_added(result.new_games, ledger.commit(file_id, cursor, games, rejects))
+    merge_added(result.new_games, ledger.commit(file_id, cursor, games, rejects, restart=restart))
     for r in rejects:
         result.rejects[r.reason] = result.rejects.get(r.reason, 0) + 1
+
+
+def rekey_file(ledger: Ledger, row: FileRow, rules: Rules) -> int:
+    """Give the games whose span lies in this file the key `rules` make of their bytes.
+
+    For ledgers of schema < 4 (keys were hashes of whole lines) and for games
+    counted under a board name that has since become an alias. A span is
+    re-keyed only when its bytes still are the game its current key names
+    (`records.key_candidates`); spans whose bytes changed keep their key.
+    Returns the games re-keyed. Raises OSError when the file cannot be read
+    (it stays marked and is tried again by the next scan).
+    """
+    fd = os.open(row.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        keys: list[tuple[int, bytes]] = []
+        for seq, key, offset, length in ledger.spans_in(row.id):
+            line = os.pread(fd, length, offset)
+            if len(line) != length or key not in key_candidates(line, rules):
+                continue
+            new = game_key(line, rules)
+            if new is not None and new != key:
+                keys.append((seq, new))
+    finally:
+        os.close(fd)
+    return ledger.rekey(row.id, keys)

@@ -11,10 +11,12 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ringd.boards import config_name, split_config_name
 
 # Each entry migrates the schema from version i to i + 1; append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -111,6 +113,28 @@ MIGRATIONS: tuple[str, ...] = (
         removed INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 4: game keys by content (records.game_key): the config and the raw bytes
+    # of `moves` and `initial_state`, so a rewrite that changes other fields
+    # adds no game. Every key so far is the hash of a whole line.
+    #
+    # Keys cannot be recomputed in SQL (the moves are in the files), and reading
+    # every file inside a schema migration would stall the start on a large tree
+    # and fail on files that are gone or unreachable. So this step only marks
+    # every file `rekey = 1`; each reconciliation scan then re-keys the games of
+    # the marked files it finds (Ledger.rekey: read the span, check that its
+    # bytes are the game the old key names, store the content key; the old key
+    # stays where the bytes are gone, a copy already holds the content key, or
+    # the file cannot be read). Counts never change: rows are re-keyed, never
+    # added or removed. Games that keep a line key (their file gone, a moved
+    # file) are still found when their line turns up in a read from offset 0:
+    # while `meta.line_keys` is set, such reads also look each new game up by
+    # its line key and re-key that row instead of counting the game again.
+    """
+    ALTER TABLE files ADD COLUMN rekey INTEGER NOT NULL DEFAULT 0;
+    UPDATE files SET rekey = 1;
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value);
+    INSERT INTO meta (name, value) SELECT 'line_keys', 1 WHERE EXISTS (SELECT 1 FROM games);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -146,6 +170,9 @@ class GameRow:
     offset: int
     length: int
     game_id: str | None
+    # The hash of the whole line, given only while games counted under line keys
+    # (before schema 4) may turn up again: see Ledger.commit.
+    line_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +321,9 @@ class Ledger:
         self._config_ids: dict[str, int] = dict(
             self._db.execute("SELECT name, id FROM configs").fetchall()
         )
+        self._line_keys = bool(
+            self._db.execute("SELECT 1 FROM meta WHERE name = 'line_keys'").fetchone()
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -388,10 +418,17 @@ class Ledger:
         cursor: Cursor,
         games: Sequence[GameRow],
         rejects: Sequence[RejectRow] = (),
+        *,
+        restart: bool = False,
     ) -> dict[str, Added]:
         """Record games and rejects and move the file's cursor, in one transaction.
 
-        Returns, per config, the games that were new (copies of known games are not).
+        Returns, per config, the games that were new. A known key is a copy or a
+        rewrite of a counted game: it is not counted again, and the game's span
+        moves here (where it was read last), so that it can still be read back
+        after its old place was rewritten, moved or deleted. `restart` (the first
+        commit of a read from offset 0 of a known file) drops the file's earlier
+        rejects: they described bytes that are read again now.
         """
         now = time.time()
         added: dict[str, Added] = {}
@@ -400,25 +437,34 @@ class Ledger:
                 "SELECT seq FROM sqlite_sequence WHERE name = 'games'"
             ).fetchone()
             seq_before: int = row[0] if row else 0
+            if restart:
+                self._db.execute("DELETE FROM rejects WHERE file_id = ?", (file_id,))
             by_config: dict[str, list[tuple[object, ...]]] = {}
             for g in games:
                 by_config.setdefault(g.config, []).append(
                     (g.key, self._config_id(g.config), file_id, g.offset, g.length, g.game_id, now)
                 )
-            for config, rows in by_config.items():
-                before = self._db.total_changes
+            for rows in by_config.values():
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO games (key, config_id, file_id, offset, length, "
-                    "game_id, added) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO games (key, config_id, file_id, offset, length, game_id, added) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                    "file_id = excluded.file_id, offset = excluded.offset, length = excluded.length "
+                    "WHERE file_id != excluded.file_id OR offset != excluded.offset "
+                    "OR length != excluded.length",
                     rows,
                 )
-                # INSERT OR IGNORE skips keys already counted: those are copies.
-                if count := self._db.total_changes - before:
-                    config_id = self._config_ids[config]
-                    first, last = self._db.execute(
-                        "SELECT MIN(seq), MAX(seq) FROM games WHERE config_id = ? AND seq > ?",
-                        (config_id, seq_before),
-                    ).fetchone()
+            if self._line_keys:
+                self._adopt_line_keys(
+                    file_id, [g for g in games if g.line_key is not None], seq_before
+                )
+            for config in by_config:
+                # Sequence numbers only grow: the rows above seq_before are the new games.
+                config_id = self._config_ids[config]
+                count, first, last = self._db.execute(
+                    "SELECT COUNT(*), MIN(seq), MAX(seq) FROM games WHERE config_id = ? AND seq > ?",
+                    (config_id, seq_before),
+                ).fetchone()
+                if count:
                     self._db.execute(
                         "UPDATE configs SET total = total + ?, last_game_at = ? WHERE id = ?",
                         (count, now, config_id),
@@ -445,6 +491,104 @@ class Ledger:
                 ),
             )
         return added
+
+    def _adopt_line_keys(self, file_id: int, games: Sequence[GameRow], seq_before: int) -> None:
+        """New games that were counted before schema 4 under their line's hash: keep
+        the old row (its sequence number, its count), give it the new key and this
+        span, and drop the row just inserted."""
+        for g in games:
+            new = self._db.execute("SELECT seq FROM games WHERE key = ?", (g.key,)).fetchone()
+            if new is None or new[0] <= seq_before:
+                continue  # known already under the new key
+            old = self._db.execute("SELECT seq FROM games WHERE key = ?", (g.line_key,)).fetchone()
+            if old is None or old[0] == new[0]:
+                continue
+            self._db.execute("DELETE FROM games WHERE seq = ?", (new[0],))
+            self._db.execute(
+                "UPDATE games SET key = ?, file_id = ?, offset = ?, length = ? WHERE seq = ?",
+                (g.key, file_id, g.offset, g.length, old[0]),
+            )
+
+    @property
+    def line_keys(self) -> bool:
+        """Whether games counted under line keys (before schema 4) may still exist."""
+        return self._line_keys
+
+    # -- re-keying (schema 4, and aliases added later) ---------------------------------------
+
+    def files_to_rekey(self) -> list[FileRow]:
+        """Files whose games may carry keys of an older rule (see migration 4)."""
+        rows = self._db.execute(
+            "SELECT id, path, dev, ino, offset, fingerprint, size, mtime_ns, gone "
+            "FROM files WHERE rekey = 1"
+        ).fetchall()
+        return [
+            FileRow(r[0], r[1], Cursor(r[2], r[3], r[4], r[5], r[6], r[7]), bool(r[8]))
+            for r in rows
+        ]
+
+    def spans_in(self, file_id: int) -> list[tuple[int, bytes, int, int]]:
+        """(seq, key, offset, length) of the games whose span is in a file, by offset."""
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in self._db.execute(
+                "SELECT seq, key, offset, length FROM games WHERE file_id = ? ORDER BY offset",
+                (file_id,),
+            )
+        ]
+
+    def rekey(self, file_id: int, keys: Sequence[tuple[int, bytes]]) -> int:
+        """Give games (seq, new key) their new keys and clear the file's mark, at once.
+
+        A key already held by another game (a copy counted under the new key) is
+        left alone: counts never change here. Returns the games re-keyed.
+        """
+        done = 0
+        with self._transaction():
+            for seq, key in keys:
+                cur = self._db.execute(
+                    "UPDATE OR IGNORE games SET key = ? WHERE seq = ?", (key, seq)
+                )
+                done += cur.rowcount
+            self._db.execute("UPDATE files SET rekey = 0 WHERE id = ?", (file_id,))
+        return done
+
+    def fold_aliases(self, aliases: Mapping[str, str]) -> dict[str, str]:
+        """Move the games of configs named by a board alias (`hex_2p`) to the board's
+        config (`hexagonal_2p`), so that status shows canonical names only.
+
+        Totals move with the games; the target's trained count is recomputed
+        under its watermark. Files holding moved games are marked for re-keying
+        (their keys were made under the alias). Returns {alias config: config}.
+        """
+        moves: dict[str, str] = {}
+        for name in self._config_ids:
+            parts = split_config_name(name)
+            if parts is not None and parts[0] in aliases:
+                moves[name] = config_name(aliases[parts[0]], parts[1])
+        if not moves:
+            return moves
+        with self._transaction():
+            for source, target in moves.items():
+                source_id, target_id = self._config_ids[source], self._config_id(target)
+                self._db.execute(
+                    "UPDATE files SET rekey = 1 WHERE id IN "
+                    "(SELECT DISTINCT file_id FROM games WHERE config_id = ?)",
+                    (source_id,),
+                )
+                self._db.execute(
+                    "UPDATE games SET config_id = ? WHERE config_id = ?", (target_id, source_id)
+                )
+                self._db.execute(
+                    "UPDATE configs SET total = (SELECT COUNT(*) FROM games WHERE config_id = ?), "
+                    "trained_count = (SELECT COUNT(*) FROM games WHERE config_id = ? "
+                    "AND seq <= trained_through), last_game_at = NULLIF(MAX(COALESCE(last_game_at, 0), "
+                    "COALESCE((SELECT last_game_at FROM configs WHERE id = ?), 0)), 0) WHERE id = ?",
+                    (target_id, target_id, source_id, target_id),
+                )
+                self._db.execute("DELETE FROM configs WHERE id = ?", (source_id,))
+        self._config_ids = dict(self._db.execute("SELECT name, id FROM configs").fetchall())
+        return moves
 
     def _config_id(self, name: str) -> int:
         config_id = self._config_ids.get(name)

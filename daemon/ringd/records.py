@@ -1,14 +1,45 @@
-"""Game record dialects -> (config key, game key), or the reason a line is rejected."""
+"""Game record dialects -> (config key, game key), or the reason a line is rejected.
+
+A game's key is a 128-bit xxh3 hash of its configuration and the raw bytes of
+its `moves` value and, where present, its `initial_state` (`initialState`)
+value, exactly as they stand in the line: the bytes hashed are
+`{board}_{n}p "\\n" moves ["\\n" initial_state]`. Copies of a game count once
+however their other fields differ (RingRift's maintenance scripts rewrite
+`termination_reason`, ids, schema versions in place). A record without a
+`moves` key is keyed by its whole line (the key every record had before).
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import msgspec
 import xxhash
 
-from ringd.boards import BOARD_NAME, BOARD_NAME_RULE, MAX_PLAYERS, config_name
+from ringd.boards import BOARD_NAME, BOARD_NAME_RULE, DEFAULT_ALIASES, MAX_PLAYERS, config_name
+
+DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
+
+# Statuses of games that did not finish, as RingRift's writers spell them: GPU
+# selfplay writes `in_progress` (and `termination_reason:
+# "status:completed:in_progress"` for games cut off at max_moves, which its
+# cleanup script deletes as unfinished), the soak writer `error` for failed
+# games, the game server `waiting`/`active`/`paused`/`abandoned`. A list of
+# what did *not* finish, not of what did: victory types keep growing
+# (territory, elimination, lps, stalemate, ...) and an unknown one is a game.
+DEFAULT_UNFINISHED_STATUSES: tuple[str, ...] = (
+    "in_progress",
+    "active",
+    "waiting",
+    "paused",
+    "abandoned",
+    "aborted",
+    "cancelled",
+    "error",
+    "failed",
+)
 
 
 class Reason(enum.StrEnum):
@@ -26,6 +57,25 @@ class Reason(enum.StrEnum):
     PLAYERS_OUT_OF_RANGE = "players_out_of_range"
     CONFLICTING_DIALECTS = "conflicting_dialects"
     TOO_LONG = "line_too_long"
+    UNFINISHED = "unfinished"
+    NO_MOVES = "no_moves"
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """How lines become games; built from the settings (`Settings.rules`), one per reload.
+
+    `aliases` maps board names some writers use to RingRift's (`hex` ->
+    `hexagonal`); `unfinished` holds lower-case statuses of games that did not
+    finish; `max_line` is the longest line read, in bytes.
+    """
+
+    aliases: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
+    unfinished: frozenset[str] = frozenset(DEFAULT_UNFINISHED_STATUSES)
+    max_line: int = DEFAULT_MAX_LINE_BYTES
+
+
+DEFAULT_RULES = Rules()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,26 +91,85 @@ class Reject:
     detail: str
 
 
-class _KeyFields(msgspec.Struct):
-    # Only these fields are materialised; msgspec skips the rest (the moves)
-    # without building Python objects, which is what makes ingest fast.
+_ABSENT = msgspec.Raw()  # a JSON value is never empty: an empty Raw is a missing key
+
+
+class _Fields(msgspec.Struct):
+    # Only these fields are looked at; msgspec skips the rest without building
+    # Python objects, and hands `moves`/`initial_state` over as raw bytes (a
+    # slice of the line), which is what keeps ingest fast.
     boardType: object = msgspec.UNSET
     numPlayers: object = msgspec.UNSET
     id: object = msgspec.UNSET
     board_type: object = msgspec.UNSET
     num_players: object = msgspec.UNSET
     game_id: object = msgspec.UNSET
+    status: object = msgspec.UNSET
+    game_status: object = msgspec.UNSET
+    termination_reason: object = msgspec.UNSET
+    moves: msgspec.Raw = _ABSENT
+    initial_state: msgspec.Raw = _ABSENT
+    initialState: msgspec.Raw = _ABSENT
 
 
-_decoder = msgspec.json.Decoder(_KeyFields)
+_decoder = msgspec.json.Decoder(_Fields)
+_EMPTY_VALUES = frozenset((b"null", b"[]", b"{}", b'""'))
 
 
-def game_key(line: bytes) -> bytes:
-    """128-bit key of a game: the hash of its line's bytes (without the newline)."""
+def line_key(line: bytes) -> bytes:
+    """The hash of a whole line: the key of a record without `moves`, and every
+    game's key in ledgers before schema 4."""
     return xxhash.xxh3_128_digest(line)
 
 
-def parse_line(line: bytes) -> Game | Reject:
+def content_key(config: str, moves: bytes, initial_state: bytes = b"") -> bytes:
+    """The key of a game of `config` from the raw bytes of its moves and initial state."""
+    h = xxhash.xxh3_128(config.encode())
+    h.update(b"\n")
+    h.update(moves)
+    if initial_state:
+        h.update(b"\n")
+        h.update(initial_state)
+    return h.digest()
+
+
+def game_key(line: bytes, rules: Rules = DEFAULT_RULES) -> bytes | None:
+    """The key of the game on `line` (without its newline); None when it names no config.
+
+    Whoever reads a game back by its span (the trainer) checks this against the
+    ledger's key. Unlike `parse_line`, it does not judge the game (finished,
+    moves present): the key only says which game the bytes are.
+    """
+    try:
+        fields = _decoder.decode(line)
+    except msgspec.DecodeError:  # ValidationError is a DecodeError
+        return None
+    config = _config(fields, rules)
+    if not isinstance(config, str):
+        return None
+    return _key(fields, config, line)
+
+
+def key_candidates(line: bytes, rules: Rules = DEFAULT_RULES) -> set[bytes]:
+    """Every key the game on `line` may have been counted under by an earlier ringd.
+
+    The whole-line hash (ledgers before schema 4), and the content key under
+    the config as the record spells it and under the canonical config (the
+    aliases may have changed since).
+    """
+    out = {line_key(line)}
+    try:
+        fields = _decoder.decode(line)
+    except msgspec.DecodeError:
+        return out
+    for aliases in (rules.aliases, {}):
+        config = _config(fields, Rules(aliases, rules.unfinished, rules.max_line))
+        if isinstance(config, str):
+            out.add(_key(fields, config, line))
+    return out
+
+
+def parse_line(line: bytes, rules: Rules = DEFAULT_RULES) -> Game | Reject:
     """Classify one complete line (without its trailing newline)."""
     # msgspec does not check UTF-8 inside fields it skips; isascii() is a
     # cheap pass for nearly every record.
@@ -80,6 +189,31 @@ def parse_line(line: bytes) -> Game | Reject:
             return Reject(Reason.BLANK, "empty line")
         return Reject(Reason.NOT_JSON, str(e))
 
+    config = _config(fields, rules)
+    if isinstance(config, Reject):
+        return config
+    if (status := _unfinished(fields, rules.unfinished)) is not None:
+        return Reject(Reason.UNFINISHED, status)
+    moves = fields.moves
+    if moves is not _ABSENT and len(moves) <= 8 and b"".join(bytes(moves).split()) in _EMPTY_VALUES:
+        return Reject(Reason.NO_MOVES, f"moves is {bytes(moves).decode()}")
+
+    ident = fields.id if fields.id is not msgspec.UNSET else fields.game_id
+    return Game(
+        config=config,
+        key=_key(fields, config, line),
+        game_id=str(ident) if isinstance(ident, str | int) else None,
+    )
+
+
+def _key(fields: _Fields, config: str, line: bytes) -> bytes:
+    if fields.moves is _ABSENT:
+        return line_key(line)
+    initial = fields.initial_state if fields.initial_state is not _ABSENT else fields.initialState
+    return content_key(config, fields.moves, initial)
+
+
+def _config(fields: _Fields, rules: Rules) -> str | Reject:
     board = _pick(fields.boardType, fields.board_type)
     players = _pick(fields.numPlayers, fields.num_players)
     if board is _CONFLICT or players is _CONFLICT:
@@ -101,13 +235,22 @@ def parse_line(line: bytes) -> Game | Reject:
         )
     if not 1 <= players <= MAX_PLAYERS:
         return Reject(Reason.PLAYERS_OUT_OF_RANGE, f"{players} players (1 to {MAX_PLAYERS})")
+    return config_name(rules.aliases.get(board, board), players)
 
-    ident = fields.id if fields.id is not msgspec.UNSET else fields.game_id
-    return Game(
-        config=config_name(board, players),
-        key=game_key(line),
-        game_id=str(ident) if isinstance(ident, str | int) else None,
-    )
+
+def _unfinished(fields: _Fields, unfinished: frozenset[str]) -> str | None:
+    """`status ...` naming the field that says the game did not finish, or None."""
+    for name, value in (("status", fields.status), ("game_status", fields.game_status)):
+        if isinstance(value, str) and value.strip().lower() in unfinished:
+            return f"{name} {value!r}"
+    reason = fields.termination_reason
+    if isinstance(reason, str):
+        # RingRift writes `status:<game status>:<victory type>`; a game cut off
+        # at max_moves says `status:completed:in_progress`.
+        for part in reason.split(":"):
+            if part.strip().lower() in unfinished:
+                return f"termination_reason {reason!r}"
+    return None
 
 
 _CONFLICT = object()

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ringd.cursor import Decision, FileResult, FileStat, decide, index_file, rekey_file
 from ringd.ledger import Added, FileRow, Ledger, merge_added
-from ringd.cursor import Decision, FileResult, FileStat, decide, index_file
+from ringd.records import Rules
 
 SUFFIX = ".jsonl"
 
@@ -102,6 +103,7 @@ class ScanReport:
     new_games: dict[str, Added] = field(default_factory=dict)
     rejects: dict[str, int] = field(default_factory=dict)
     gone: int = 0
+    rekeyed: int = 0  # games given content keys (schema 4 migration, new aliases)
     new_files: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -147,13 +149,17 @@ def plan_scan(known: Mapping[str, FileRow], found: Discovery) -> Plan:
 def scan(
     ledger: Ledger,
     roots: Sequence[Path | str],
-    max_line: int,
+    rules: Rules,
     *,
     on_plan: Callable[[Plan], Callable[[int], None] | None] | None = None,
     stop: threading.Event | None = None,
 ) -> ScanReport:
     """Reconcile the ledger with the files below `roots`: read everything new.
 
+    `rules` say how lines become games. Configs named by a board alias are
+    folded into their board's, and files marked for re-keying (a ledger from
+    before schema 4, a new alias) are re-keyed before anything is read, so a
+    rewritten file read again from 0 finds its games under their new keys.
     `on_plan` sees the plan before reading and may return a progress callback
     that receives byte counts as they are consumed. `stop` ends the scan early
     (shutdown); what was read so far is committed.
@@ -161,6 +167,8 @@ def scan(
     started = time.monotonic()
     found = discover(roots)
     report = ScanReport(files=len(found.files), errors=list(found.errors))
+    ledger.fold_aliases(rules.aliases)
+    report.rekeyed = rekey(ledger, found, rules, report.errors, stop)
     known = ledger.files()
     plan = plan_scan(known, found)
     progress = on_plan(plan) if on_plan else None
@@ -168,7 +176,7 @@ def scan(
         if stop is not None and stop.is_set():
             break
         try:
-            report.add(path, index_file(ledger, path, max_line, on_bytes=progress, stop=stop))
+            report.add(path, index_file(ledger, path, rules, on_bytes=progress, stop=stop))
         except FileNotFoundError:
             continue  # removed since it was listed; the next scan marks it gone
         except OSError as e:
@@ -176,6 +184,30 @@ def scan(
     report.gone = mark_gone(ledger, roots, found, known)
     report.seconds = time.monotonic() - started
     return report
+
+
+def rekey(
+    ledger: Ledger,
+    found: Discovery,
+    rules: Rules,
+    errors: list[str],
+    stop: threading.Event | None = None,
+) -> int:
+    """Re-key the games of marked files found on disk; files not found keep their keys
+    (and their mark, for when they come back). Returns the games re-keyed."""
+    done = 0
+    for row in ledger.files_to_rekey():
+        if stop is not None and stop.is_set():
+            break
+        if row.path not in found.files:
+            continue
+        try:
+            done += rekey_file(ledger, row, rules)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            errors.append(f"{row.path}: cannot re-key: {e.strerror or e}")
+    return done
 
 
 def mark_gone(

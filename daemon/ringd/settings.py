@@ -23,10 +23,16 @@ from pydantic import (
 
 # The job spec's hyperparameters: a torch-free contract module, validated here so
 # a typo in the YAML is an error at load, with its line.
-from ringd.boards import BOARD_NAME_RULE, MAX_PLAYERS, split_config_name
+from ringd.boards import (
+    BOARD_NAME,
+    BOARD_NAME_RULE,
+    BOARDS,
+    DEFAULT_ALIASES,
+    MAX_PLAYERS,
+    split_config_name,
+)
+from ringd.records import DEFAULT_MAX_LINE_BYTES, DEFAULT_UNFINISHED_STATUSES, Rules
 from ringd.train.spec import Hyper
-
-DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -56,8 +62,22 @@ def _resolve(path: Path, info: ValidationInfo) -> Path:
     return Path(os.path.normpath(path))
 
 
+def _check_board_name(name: str) -> str:
+    if not BOARD_NAME.match(name):
+        raise ValueError(f"{name!r} is not a board name ({BOARD_NAME_RULE})")
+    return name
+
+
+def _check_status(status: str) -> str:
+    if not status.strip():
+        raise ValueError("a status must not be empty")
+    return status.strip().lower()
+
+
 ConfigPath = Annotated[Path, AfterValidator(_resolve)]
 ConfigName = Annotated[str, AfterValidator(_check_config_name)]
+BoardName = Annotated[str, AfterValidator(_check_board_name)]
+Status = Annotated[str, AfterValidator(_check_status)]
 
 
 class _Model(BaseModel):
@@ -82,6 +102,17 @@ class RamdiskMapping(_Model):
     sweep_interval_s: float = Field(default=5.0, gt=0)
     # Free RAM: delete sources fully copied and unchanged this long (off by default).
     delete_source_after_s: float | None = Field(default=None, gt=0)
+
+
+class RecordSettings(_Model):
+    """How lines become games (records.Rules)."""
+
+    # Board names some writers put in records -> RingRift's board. Replaces the
+    # default map whole: list the defaults you keep.
+    board_aliases: dict[BoardName, BoardName] = Field(default=dict(DEFAULT_ALIASES))
+    # A `status`/`game_status` (or a part of a `termination_reason` such as
+    # `status:completed:in_progress`) among these: rejected as `unfinished`.
+    unfinished_statuses: list[Status] = Field(default=list(DEFAULT_UNFINISHED_STATUSES))
 
 
 def _check_devices(value: object) -> object:
@@ -182,6 +213,7 @@ class Settings(_Model):
     state_dir: ConfigPath = Path("var/ringd")
     watch: WatchSettings = Field(default_factory=WatchSettings)
     ramdisk: list[RamdiskMapping] = Field(default_factory=list)
+    records: RecordSettings = Field(default_factory=RecordSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
@@ -194,6 +226,15 @@ class Settings(_Model):
     @property
     def socket_path(self) -> Path:
         return self.control.socket or self.state_dir / "ringd.sock"
+
+    @property
+    def rules(self) -> Rules:
+        """The parse rules of records (aliases, unfinished statuses, line limit)."""
+        return Rules(
+            aliases=dict(self.records.board_aliases),
+            unfinished=frozenset(self.records.unfinished_statuses),
+            max_line=self.watch.max_line_bytes,
+        )
 
     def threshold(self, config: str) -> int | None:
         entry = self.configs.get(config)
@@ -226,9 +267,60 @@ def parse_settings(text: str, path: Path) -> Settings:
         raise ConfigError([f"{path}:1: the top level must be a mapping of keys to values"])
     base_dir = path.resolve().parent
     try:
-        return Settings.model_validate(data, context={"base_dir": base_dir})
+        settings = Settings.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         raise ConfigError(_format_errors(path, lines, e)) from None
+    if problems := _check_aliases(settings):
+        raise ConfigError(_format_problems(path, lines, problems))
+    return settings
+
+
+def _check_aliases(settings: Settings) -> list[tuple[_Loc, str]]:
+    """Aliases must name boards ringd can train: RingRift's, or one named in `configs`."""
+    aliases = settings.records.board_aliases
+    known = set(BOARDS) | {
+        parts[0] for name in settings.configs if (parts := split_config_name(name))
+    }
+    problems: list[tuple[_Loc, str]] = []
+    for alias, board in aliases.items():
+        loc: _Loc = ("records", "board_aliases", alias)
+        if alias in BOARDS:
+            problems.append((loc, f"{alias!r} is a RingRift board; it cannot be an alias"))
+        elif board in aliases:
+            problems.append(
+                (loc, f"{board!r} is itself an alias: map {alias!r} to the board it stands for")
+            )
+        elif board not in known:
+            problems.append(
+                (
+                    loc,
+                    f"{alias!r} maps to unknown board {board!r} "
+                    f"(RingRift's: {', '.join(BOARDS)}; or a board named in configs)",
+                )
+            )
+    for name in settings.configs:
+        parts = split_config_name(name)
+        if parts is not None and parts[0] in aliases:
+            canonical = f"{aliases[parts[0]]}_{parts[1]}p"
+            problems.append(
+                (
+                    ("configs", name),
+                    f"{parts[0]!r} is an alias of {aliases[parts[0]]!r} "
+                    f"(records.board_aliases): name the configuration {canonical}",
+                )
+            )
+    return problems
+
+
+def _format_problems(
+    path: Path, lines: dict[_Loc, int], problems: list[tuple[_Loc, str]]
+) -> list[str]:
+    out = []
+    for loc, message in problems:
+        line = _line_for(lines, loc)
+        where = f"{path}:{line}" if line else str(path)
+        out.append((line or 0, f"{where}: {_dotted(loc)}: {message}"))
+    return [message for _, message in sorted(out, key=lambda item: item[0])]
 
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[_Loc, int]]:
