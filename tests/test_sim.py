@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ringd.boards import BOARDS, CONFIGS, BoardShape, cell_from_raw
+from ringd.boards import BOARDS, CONFIGS, BoardShape, canvas_from_cell, cell_from_canvas
 from ringd.sim import (
     game_line,
     is_pass_move,
@@ -115,15 +115,16 @@ def _check_canonical_move(board: BoardShape, players: int, move: dict[str, Any])
 
 
 def _check_raw_move(board: BoardShape, players: int, move: dict[str, Any]) -> None:
-    assert set(move) == {"move_type", "from_pos", "to_pos", "player"}, move
+    # The corpus splices each game's id into its first move too (ringd.sim.lines).
+    assert set(move) - {"id"} == {"move_type", "from_pos", "to_pos", "player"}, move
     assert move["move_type"] in RAW_MOVE_TYPES
     assert 1 <= move["player"] <= players
     if is_pass_move(move):
-        assert move["to_pos"] == [0, 0] and move["from_pos"] is None
+        assert move["to_pos"] is None and move["from_pos"] is None
         return
-    assert board.contains(cell_from_raw(board, move["to_pos"])), move
+    assert board.contains(cell_from_canvas(board, *move["to_pos"])), move
     if move["from_pos"] is not None:
-        assert board.contains(cell_from_raw(board, move["from_pos"])), move
+        assert board.contains(cell_from_canvas(board, *move["from_pos"])), move
     if move["move_type"] == "PLACEMENT":
         assert move["from_pos"] is None
 
@@ -309,7 +310,9 @@ def test_move_targets_are_real_cells_and_passes_use_the_placeholder(config: str)
 
 
 @pytest.mark.parametrize("board_name", list(BOARDS))
-def test_raw_positions_are_y_then_x(board_name: str) -> None:
+def test_raw_positions_are_canvas_row_then_col(board_name: str) -> None:
+    """As RingRift's GPU selfplay writes them: [row, col] on the board's canvas (square
+    x = col, y = row; hex of radius r x = col - r, y = row - r)."""
     config = f"{board_name}_2p"
     board = BOARDS[board_name]
     # Same seed and length: the same game, serialised both ways.
@@ -321,10 +324,11 @@ def test_raw_positions_are_y_then_x(board_name: str) -> None:
             assert is_pass_move(r)
             continue
         to = _cell(board, c["to"])
-        assert r["to_pos"] == [to[1], to[0]]
-        assert cell_from_raw(board, r["to_pos"]) == to
+        r_ = board.size if board.kind == "hex" else 0
+        assert r["to_pos"] == [to[1] + r_, to[0] + r_] == list(canvas_from_cell(board, to))
+        assert cell_from_canvas(board, *r["to_pos"]) == to
         if c["from"] is not None:
-            assert cell_from_raw(board, r["from_pos"]) == _cell(board, c["from"])
+            assert cell_from_canvas(board, *r["from_pos"]) == _cell(board, c["from"])
 
 
 def test_default_move_counts_give_real_sized_lines() -> None:

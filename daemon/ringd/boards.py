@@ -88,7 +88,25 @@ def board_cells(board: BoardShape) -> tuple[Cell, ...]:
     )
 
 
-def cell_from_raw(board: BoardShape, pos: Sequence[int]) -> Cell:
-    """A cell from a raw snake-dialect `[y, x]` position (hex: the cube y and x)."""
-    y, x = pos[0], pos[1]
-    return (x, y) if board.kind == "square" else (x, y, -x - y)
+# RingRift's GPU selfplay keeps a board in a square tensor, its canvas (`board_size` on
+# a side: the side of a square board, 2 * radius + 1 for a hex board), and its raw
+# moves (`--no-canonical-export`) give positions as canvas `[row, col]`. Square boards:
+# x = col, y = row. Hex boards of radius r: x = col - r, y = row - r, z = -x - y (the
+# canvas cells outside the hexagon are no cell). Checked against RingRift's own raw and
+# canonical writes of the same games (shared/fixtures/ringrift-real, gpu_hex8_2p*).
+
+
+def cell_from_canvas(board: BoardShape, row: int, col: int) -> Cell:
+    """The cell at canvas `[row, col]` (see above); it may lie off the board: check with
+    `board.contains`."""
+    if board.kind == "square":
+        return (col, row)
+    x, y = col - board.size, row - board.size
+    return (x, y, -x - y)
+
+
+def canvas_from_cell(board: BoardShape, cell: Sequence[int]) -> tuple[int, int]:
+    """The canvas `[row, col]` of `cell` (`(x, y)` square, cube `(x, y, z)` hex)."""
+    if board.kind == "square":
+        return (cell[1], cell[0])
+    return (cell[1] + board.size, cell[0] + board.size)

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ringd.boards import BOARDS, cell_from_raw
+from ringd.boards import BOARDS, cell_from_canvas
 from ringd.sim import is_pass_move, make_record
 from ringd.train.encode import EncodeError, Geometry, UnsupportedBoard, load_encoder
 from ringd.train.grid import GridEncoder, plane_count, plane_names
@@ -35,7 +35,7 @@ def geometry_of(record: dict[str, Any]) -> Geometry:
 
 
 def snake_record(config: str, *, raw: bool, seed: int = 0) -> dict[str, Any]:
-    """A simulator snake_case record whose moves are raw [y, x] tuples (or canonical)."""
+    """A simulator snake_case record whose moves are raw canvas [row, col] lists (or canonical)."""
     rng = random.Random(seed)
     for i in range(200):
         record = make_record(rng, config, "snake", f"g{i}")
@@ -168,27 +168,26 @@ def test_hex_cells_off_the_board_are_rejected() -> None:
 
 
 @pytest.mark.parametrize("config", ["square8_2p", "square19_3p", "hex8_2p", "hexagonal_4p"])
-def test_snake_raw_moves_are_y_x(config: str) -> None:
+def test_snake_raw_moves_are_canvas_row_col(config: str) -> None:
+    """Raw positions are [row, col] on RingRift's canvas, which is the grid itself."""
     record = snake_record(config, raw=True)
     geometry = geometry_of(record)
     board = BOARDS[geometry.board]
     samples = ENCODER.encode(record, geometry)
-    r = board.size if board.kind == "hex" else 0
     asymmetric = 0
     for move, target in zip(record["moves"], samples.policy.tolist(), strict=True):
         if is_pass_move(move):
             assert target == geometry.pass_index
             continue
-        y, x = move["to_pos"]
-        asymmetric += x != y
-        cell = cell_from_raw(board, move["to_pos"])
-        assert board.contains(cell)
-        assert target == (y + r) * geometry.width + (x + r)
-    assert asymmetric > 0  # the test would notice [x, y] read as [y, x]
+        row, col = move["to_pos"]
+        asymmetric += row != col
+        assert board.contains(cell_from_canvas(board, row, col))
+        assert target == row * geometry.width + col
+    assert asymmetric > 0  # the test would notice [col, row] read as [row, col]
 
 
 def test_snake_and_camel_forms_of_a_game_encode_alike() -> None:
-    """A raw [y, x] record and the same game written canonically give identical samples."""
+    """A raw [row, col] record and the same game written canonically give identical samples."""
     for config in ("square8_2p", "hex8_3p"):
         raw = snake_record(config, raw=True, seed=3)
         board = BOARDS[raw["board_type"]]
@@ -199,7 +198,7 @@ def test_snake_and_camel_forms_of_a_game_encode_alike() -> None:
             move: dict[str, Any] = {"type": kind, "player": m["player"]}
             for src, dst in (("to_pos", "to"), ("from_pos", "from")):
                 if m[src] is not None and not is_pass_move(m):
-                    cell = cell_from_raw(board, m[src])
+                    cell = cell_from_canvas(board, *m[src])
                     move[dst] = dict(zip("xyz", cell, strict=False))
             canonical["moves"].append(move)
         geometry = geometry_of(raw)

@@ -187,7 +187,7 @@ def test_leftovers_of_a_crashed_writer_are_ignored(
     square8_corpus: list[dict[str, Any]], make_spec: SpecFactory, tmp_path: Path
 ) -> None:
     prepare(make_spec(square8_corpus[:5], job_id="a"), GridEncoder())
-    folder = tmp_path / "samples" / "square8_2p" / "grid-v1"
+    folder = tmp_path / "samples" / "square8_2p" / f"grid-v{GridEncoder.version}"
     for part in ("planes", "policy", "value", "games"):  # shard 2, never listed
         (folder / f"000002.{part}.npy").write_bytes(b"torn write")
     later = prepare(make_spec(square8_corpus[:10], job_id="b"), GridEncoder())

@@ -70,7 +70,7 @@ def test_training_lowers_the_loss_on_held_out_games(
         "why": "device is cpu: CUDA graphs need a CUDA device",
     }
     assert start["encoder"] == {
-        "name": "grid", "version": 1, "board": "square8", "players": 2,
+        "name": "grid", "version": GridEncoder.version, "board": "square8", "players": 2,
         "planes": 23, "height": 8, "width": 8,
     }  # fmt: skip
     progress = run.of("progress")
@@ -87,7 +87,7 @@ def test_training_lowers_the_loss_on_held_out_games(
 
     meta = json.loads(Path(done["checkpoint"]).with_suffix(".json").read_text())
     assert meta["sha256"] == done["sha256"]
-    assert meta["meta"]["encoder"] == {"name": "grid", "version": 1}
+    assert meta["meta"]["encoder"] == {"name": "grid", "version": GridEncoder.version}
     assert (meta["meta"]["seq_first"], meta["meta"]["seq_last"]) == (1, 120)
     assert meta["meta"]["step"] == 150 and meta["meta"]["model"]["channels"] == 8
     assert (Path(spec).parent / "job" / "tb").is_dir()

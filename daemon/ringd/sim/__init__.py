@@ -23,15 +23,16 @@ Camel moves (and snake moves exported in canonical form) use ``{"x", "y"}`` on
 square boards (``0 <= x, y < side``) and cube coordinates ``{"x", "y", "z"}``
 with ``x + y + z == 0`` on hex boards (``max(|x|, |y|, |z|) <= radius``).
 
-Raw snake moves (``move_type`` / ``from_pos`` / ``to_pos``) use ``[y, x]`` lists:
-on square boards the row and the column, on hex boards the cube ``y`` and ``x``
-(``z = -x - y`` is implied; on hex boards the values can be negative).
-:func:`ringd.boards.cell_from_raw` turns such a list back into a cell.
+Raw snake moves (``move_type`` / ``from_pos`` / ``to_pos``) use ``[row, col]`` lists
+on the board's canvas, as RingRift's GPU selfplay writes them: on square boards
+``x = col``, ``y = row``; on hex boards of radius r ``x = col - r``, ``y = row - r``
+(``z = -x - y``). :func:`ringd.boards.cell_from_canvas` turns such a list back into
+a cell.
 
 Pass moves (camel types starting with ``no_`` or ``skip_``, raw ``NO_ACTION`` and
 ``SKIP``) carry a placeholder destination that says nothing about the board:
-``{"x": 0, "y": 0}`` (on hex boards sometimes with ``"z": null``), raw ``[0, 0]``.
-:func:`is_pass_move` recognises them.
+``{"x": 0, "y": 0}`` (on hex boards sometimes with ``"z": null``); raw passes have
+``to_pos`` null. :func:`is_pass_move` recognises them.
 """
 
 from ringd.sim.cli import sim_main

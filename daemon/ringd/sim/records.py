@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from ringd.boards import BOARDS, CONFIGS, BoardShape, Cell
+from ringd.boards import BOARDS, CONFIGS, BoardShape, Cell, canvas_from_cell
 from ringd.sim.game import RULES, Game, Move
 
 Dialect = Literal["camel", "snake"]
@@ -170,14 +170,17 @@ def _canonical_move(
     return out
 
 
-def _raw_move(m: Move) -> dict[str, object]:
+def _raw_move(board: BoardShape, m: Move) -> dict[str, object]:
+    """A move as RingRift's GPU selfplay writes it with ``--no-canonical-export``:
+    positions are ``[row, col]`` on the board's canvas (:func:`ringd.boards.canvas_from_cell`),
+    null where there is none (a pass has no destination)."""
     kind = _RAW_TYPES.get(m.type)
     if kind is None:
         kind = "SKIP" if m.type.startswith("skip_") else "NO_ACTION"
     return {
         "move_type": kind,
-        "from_pos": [m.frm[1], m.frm[0]] if m.frm is not None else None,
-        "to_pos": [m.to[1], m.to[0]] if m.to is not None else [0, 0],
+        "from_pos": list(canvas_from_cell(board, m.frm)) if m.frm is not None else None,
+        "to_pos": list(canvas_from_cell(board, m.to)) if m.to is not None else None,
         "player": m.player,
     }
 
@@ -251,7 +254,7 @@ def make_record_in_style(
         placeholder["z"] = None
 
     if style == "raw":
-        move_list: list[dict[str, object]] = [_raw_move(m) for m in played]
+        move_list: list[dict[str, object]] = [_raw_move(board, m) for m in played]
     else:
         move_list = [
             _canonical_move(m, i, t, style, placeholder)
@@ -372,7 +375,7 @@ def make_small_record(
             "num_players": players,
             "winner": winner,
             "move_count": len(played),
-            "moves": [_raw_move(m) for m in played],
+            "moves": [_raw_move(board, m) for m in played],
             "source": "gpu_selfplay",
         }
     placeholder: dict[str, int | None] = {"x": 0, "y": 0}

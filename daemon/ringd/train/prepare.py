@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ READ_BATCH = 512  # games read from disk at a time (bounds the memory of raw lin
 CHUNK_GAMES = 32  # games per encoding task
 CHUNK_BYTES = 4 << 20  # ... or fewer if their lines are this large
 POOL_MIN_GAMES = 64  # fewer new games than this are encoded in-process (no pool start-up)
+LOGGED_REJECTS = 20  # rejected games named one by one in the log (all are counted)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ class Failure:
 class Prepared:
     window: Window
     missing: list[Missing]  # games that could not be read back (or whose key mismatched)
-    rejected: list[tuple[int, str]]  # (window position, reason) of games the encoder refused
+    # (window position, reason) of the games the encoder refused, in window order; each
+    # reason reads "encode_error: FILE:LINE: moves[i].FIELD: ..." (FILE:LINE of the game)
+    rejected: list[tuple[int, str]]
     encoded: int  # games this job encoded
     cached: int  # games found already encoded
     new_games: int  # usable games with seq >= new_from_seq
@@ -92,7 +95,7 @@ def prepare_window(
         cached = len(games) - len(todo)
         for i, entry in enumerate(entries):
             if entry is not None and entry.count < 0:
-                rejected.append((i, "rejected by the encoder when first seen"))
+                rejected.append((i, "rejected by the encoder when first seen (see that job's log)"))
         if todo:
             log.info("encoding %d new games (%d already cached)", len(todo), cached)
             n_workers = workers if workers is not None else worker_count()
@@ -131,6 +134,11 @@ def prepare_window(
                     f"interrupted while encoding games: {encoded} of {len(todo)} encoded, "
                     "kept in the sample cache",
                 )
+    rejected = _located(games, sorted(rejected))
+    for _, why in rejected[:LOGGED_REJECTS]:
+        log.warning("%s", why)
+    if len(rejected) > LOGGED_REJECTS:
+        log.warning("... and %d more games rejected by the encoder", len(rejected) - LOGGED_REJECTS)
     # Usable: in the cache with samples (a missing game was never encoded, so has no entry).
     usable = [(i, e) for i, e in enumerate(entries) if e is not None and e.count >= 0]
     shards = {s: cache_.open_shard(s) for s in sorted({e.shard for _, e in usable})}
@@ -139,7 +147,7 @@ def prepare_window(
     return Prepared(
         window=window,
         missing=missing,
-        rejected=sorted(rejected),
+        rejected=rejected,
         encoded=encoded,
         cached=cached,
         new_games=len(new),
@@ -147,6 +155,47 @@ def prepare_window(
         seq_first=games[usable[0][0]].seq if usable else None,
         seq_last=games[usable[-1][0]].seq if usable else None,
     )
+
+
+def _located(games: Sequence[GameSpan], rejected: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """Each reason prefixed ``encode_error: FILE:LINE:``, the game's file and line number.
+
+    The line numbers take one read of each such file up to its last rejected game.
+    """
+    by_path: dict[str, list[int]] = defaultdict(list)
+    for i, _ in rejected:
+        by_path[games[i].path].append(games[i].offset)
+    lines = {path: _line_numbers(path, offsets) for path, offsets in by_path.items()}
+    out: list[tuple[int, str]] = []
+    for i, why in rejected:
+        span = games[i]
+        line = lines[span.path].get(span.offset)
+        where = f"{span.path}:{line}" if line is not None else f"{span.path}:? (byte {span.offset})"
+        out.append((i, f"encode_error: {where}: {why}"))
+    return out
+
+
+def _line_numbers(path: str, offsets: list[int], block: int = 1 << 20) -> dict[int, int]:
+    """The 1-based line number of each byte offset (a line's start) in the file ``path``;
+    offsets it cannot reach (file gone or shorter) are left out."""
+    wanted = sorted(set(offsets))
+    out: dict[int, int] = {}
+    k, pos, newlines = 0, 0, 0
+    try:
+        with open(path, "rb") as f:
+            while k < len(wanted):
+                chunk = f.read(block)
+                if not chunk:
+                    break
+                end = pos + len(chunk)
+                while k < len(wanted) and wanted[k] <= end:
+                    out[wanted[k]] = newlines + chunk.count(b"\n", 0, wanted[k] - pos) + 1
+                    k += 1
+                newlines += chunk.count(b"\n")
+                pos = end
+    except OSError:
+        pass
+    return out
 
 
 def _encode(
