@@ -293,3 +293,33 @@ def test_any_split_of_the_same_bytes_into_writes_yields_the_same_games(
         with Ledger(folder / "fresh.sqlite") as fresh:
             run_scan(root, fresh)
             assert fresh.game_keys() == keys
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=0, max_value=40), max_size=12),
+    tail=st.integers(min_value=0, max_value=30),
+    chunk=st.integers(min_value=1, max_value=25),
+    max_line=st.integers(min_value=1, max_value=30),
+)
+def test_read_chunks_yields_every_complete_line_once_whatever_the_chunk_size(
+    lengths: list[int], tail: int, chunk: int, max_line: int
+) -> None:
+    lines = [bytes([97 + i % 26]) * n for i, n in enumerate(lengths)]
+    data = b"".join(line + b"\n" for line in lines) + b"z" * tail  # an unterminated tail
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "a.jsonl"
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            chunks = list(read_chunks(fd, 0, max_line, chunk_bytes=chunk))
+        finally:
+            os.close(fd)
+    offsets = [sum(n + 1 for n in lengths[:i]) for i in range(len(lengths))]
+    assert [x for c in chunks for x in c.lines] == [
+        (o, line) for o, line in zip(offsets, lines, strict=True) if len(line) <= max_line
+    ]
+    assert [x for c in chunks for x in c.too_long] == [
+        (o, len(line)) for o, line in zip(offsets, lines, strict=True) if len(line) > max_line
+    ]
+    assert (chunks[-1].end if chunks else 0) == len(data) - tail

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness import REPO
+from harness import REPO, ringd, write_config
 from ringd.ledger import Ledger
 from ringd.records import Game, Rules, parse_line
 from ringd.scan import ScanReport, scan
@@ -177,6 +177,23 @@ def test_a_writer_that_says_hex_files_its_games_under_hexagonal(
         assert report.new_total == 0 and report.games_read == 4
         assert counts(ledger) == COUNTED
         assert "hex_2p" not in {c.name for c in ledger.config_counts()}
+
+
+def test_ringd_scan_shows_the_counts_and_the_unfinished_rejects(
+    copied: Path, tmp_path: Path
+) -> None:
+    # A writer given `--board hex`: its games are hexagonal's, shown under that name only.
+    source = copied / "gpu_hexagonal_2p" / "games_hexagonal_2p_15582.jsonl"
+    rewrite(copied / "gumbel" / "hex.jsonl", [dict(r, board_type="hex") for r in records(source)])
+    config = write_config(tmp_path)
+    result = ringd("scan", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    shown = {c["name"]: c["total_games"] for c in status["configs"] if c["total_games"]}
+    assert shown == COUNTED
+    assert status["rejected_total"] == 12 and status["rejects"] == {"unfinished": 12}
+    table = ringd("scan", "--config", str(config))
+    assert "147 games, 147 new, 12 rejected (unfinished 12)" in table.stdout, table.stdout
 
 
 # ----------------------------------------------------------------------------- maintenance

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 import xxhash
@@ -20,7 +20,11 @@ from ringd.ledger import Added, Cursor, FileRow, GameRow, Ledger, RejectRow, mer
 from ringd.records import Game, Reason, Rules, game_key, key_candidates, line_key, parse_line
 
 FINGERPRINT_SPAN = 4096
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = 8 * 1024 * 1024  # games committed per transaction, at most about
+# Bytes per read. Small enough that the buffers come from the heap and are reused:
+# fresh 8 MiB buffers are mapped and faulted in anew for each read, which cost more
+# CPU than parsing the games in them.
+READ_BYTES = int(os.environ.get("RINGD_READ_BYTES", 1024 * 1024))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,46 +80,66 @@ class Chunk:
 
 
 def read_chunks(
-    fd: int, start: int, max_line: int, chunk_bytes: int = CHUNK_BYTES
+    fd: int, start: int, max_line: int, chunk_bytes: int = READ_BYTES
 ) -> Iterator[Chunk]:
     """The complete lines from `start` on; a trailing partial line is left unread.
 
     A line longer than `max_line` is skipped to its newline without being held
     in memory whole, and reported in `too_long` once its newline arrives.
     """
-    read_pos = start
-    line_start = start  # the file offset of pending[0]
-    pending = b""
-    skipping = False  # inside an over-long line whose bytes are dropped
-    while data := os.pread(fd, chunk_bytes, read_pos):
-        read_pos += len(data)
-        if skipping:
-            nl = data.find(b"\n")
-            if nl < 0:
-                continue
-            end = read_pos - len(data) + nl + 1
-            yield Chunk([], [(line_start, end - 1 - line_start)], end)
-            data = data[nl + 1 :]
-            line_start, skipping = end, False
-        buf = pending + data if pending else data
-        last_nl = buf.rfind(b"\n")
+    pos = start  # the file offset of the first line not yet yielded
+    while data := os.pread(fd, chunk_bytes, pos):
+        last_nl = data.rfind(b"\n")
         if last_nl < 0:
-            pending = buf
+            # A whole chunk without a newline: one line longer than chunk_bytes.
+            end = yield from _long_line(fd, pos, data, max_line, chunk_bytes)
+            if end is None:
+                return  # not terminated yet: it waits like any partial line
+            pos = end
+            continue
+        # The lines are copied once (by split). The partial line after the last
+        # newline is read again with the next chunk instead of being joined to
+        # it, which would copy the whole chunk.
+        parts = data.split(b"\n")
+        parts.pop()
+        lines: list[tuple[int, bytes]] = []
+        too_long: list[tuple[int, int]] = []
+        offset = pos
+        for line in parts:
+            n = len(line)
+            if n > max_line:
+                too_long.append((offset, n))
+            else:
+                lines.append((offset, line))
+            offset += n + 1
+        pos = offset
+        yield Chunk(lines, too_long, pos)
+
+
+def _long_line(
+    fd: int, pos: int, first: bytes, max_line: int, chunk_bytes: int
+) -> Generator[Chunk, None, int | None]:
+    """The line at `pos` whose first `chunk_bytes` hold no newline: held while it fits
+    `max_line`, else only measured. Returns the offset after it, or None when its
+    newline has not been written yet."""
+    length = len(first)
+    held: list[bytes] | None = [first] if length <= max_line else None
+    while data := os.pread(fd, chunk_bytes, pos + length):
+        nl = data.find(b"\n")
+        if nl >= 0:
+            n = length + nl
+            if held is not None and n <= max_line:
+                held.append(data[:nl])
+                yield Chunk([(pos, b"".join(held))], [], pos + n + 1)
+            else:
+                yield Chunk([], [(pos, n)], pos + n + 1)
+            return pos + n + 1
+        length += len(data)
+        if held is not None and length <= max_line:
+            held.append(data)
         else:
-            pending = buf[last_nl + 1 :]
-            lines: list[tuple[int, bytes]] = []
-            too_long: list[tuple[int, int]] = []
-            offset = line_start
-            for line in buf[:last_nl].split(b"\n"):
-                if len(line) > max_line:
-                    too_long.append((offset, len(line)))
-                else:
-                    lines.append((offset, line))
-                offset += len(line) + 1
-            line_start = offset
-            yield Chunk(lines, too_long, offset)
-        if len(pending) > max_line:
-            pending, skipping = b"", True
+            held = None
+    return None
 
 
 @dataclass(slots=True)
