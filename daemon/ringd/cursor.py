@@ -24,7 +24,7 @@ CHUNK_BYTES = 8 * 1024 * 1024  # games committed per transaction, at most about
 # Bytes per read. Small enough that the buffers come from the heap and are reused:
 # fresh 8 MiB buffers are mapped and faulted in anew for each read, which cost more
 # CPU than parsing the games in them.
-READ_BYTES = int(os.environ.get("RINGD_READ_BYTES", 1024 * 1024))
+READ_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
