@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,9 @@ class DaemonProcess:
         self.notify.close()
 
 
+READY_TIMEOUT_S = 30.0
+
+
 @contextlib.asynccontextmanager
 async def running_daemon(config: Path) -> AsyncIterator[Supervisor]:
     """The daemon in this process and event loop, READY, stopped on exit (like uvicorn's
@@ -206,7 +210,12 @@ async def running_daemon(config: Path) -> AsyncIterator[Supervisor]:
     supervisor = app.build(config, load_settings(config), notifier=Notifier(None))
     serving = asyncio.create_task(supervisor.serve(install_signals=False))
     ready = asyncio.create_task(supervisor.ready.wait())
-    await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        {serving, ready}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+    )
+    if not ready.done() and not serving.done():
+        serving.cancel()
+        raise AssertionError(f"no READY within {READY_TIMEOUT_S}s; tasks:\n{_task_stacks()}")
     if serving.done():
         ready.cancel()
         serving.result()  # the start-up error
@@ -215,7 +224,19 @@ async def running_daemon(config: Path) -> AsyncIterator[Supervisor]:
         yield supervisor
     finally:
         supervisor.stop()
-        await serving
+        done, _ = await asyncio.wait({serving}, timeout=READY_TIMEOUT_S)
+        if not done:
+            raise AssertionError(f"no stop within {READY_TIMEOUT_S}s; tasks:\n{_task_stacks()}")
+        serving.result()
+
+
+def _task_stacks() -> str:
+    return "\n\n".join(
+        f"{task.get_name()}:\n"
+        + "".join(traceback.format_list(traceback.extract_stack(frame)[-3:]))
+        for task in asyncio.all_tasks()
+        for frame in task.get_stack()[-1:]
+    )
 
 
 async def until(

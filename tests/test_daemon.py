@@ -73,79 +73,6 @@ def test_counts_are_exact_after_kill_9_and_restart_while_writers_keep_writing(
     assert status["rejected_total"] == 0
 
 
-def test_a_threshold_edit_applies_within_two_seconds(daemon: DaemonProcess) -> None:
-    daemon.start()
-    append(
-        daemon.folder / "data" / "selfplay" / "a.jsonl",
-        b"".join(game_line("square8", 2, i) for i in range(6)),
-    )
-    daemon.wait_until(lambda s: total(s) == 6)
-    assert daemon.configs()["square8_2p"]["state"] == "idle"
-    write_config(daemon.folder, configs="  square8_2p: {threshold: 4}\n")
-    daemon.wait_until(
-        lambda s: (
-            [(c["threshold"], c["state"]) for c in s["configs"] if c["name"] == "square8_2p"]
-            == [(4, "ready")]
-        ),
-        timeout=2.0,
-    )
-
-
-def test_an_invalid_edit_changes_nothing_until_a_valid_one_arrives(daemon: DaemonProcess) -> None:
-    daemon.start()
-    root = daemon.folder / "data" / "selfplay"
-    (daemon.folder / "ringd.yaml").write_text(
-        (daemon.folder / "ringd.yaml").read_text().replace("threshold: 10", "threshold: 0")
-    )
-    status = daemon.wait_until(lambda s: s["config_error"] is not None)
-    assert (
-        "ringd.yaml:" in status["config_error"]
-        and "configs.square8_2p.threshold: must be >= 1" in status["config_error"]
-    )
-    assert daemon.configs()["square8_2p"]["threshold"] == 10  # the last good configuration
-    # Ingest goes on, and `ringd status` shows the error at the top.
-    append(root / "a.jsonl", game_line("square8", 2, 1))
-    daemon.wait_until(lambda s: total(s) == 1)
-    shown = ringd("status", "--socket", str(daemon.socket))
-    assert shown.returncode == 0 and shown.stdout.startswith("config error")
-    if not any("STATUS=config error" in m for m in daemon.messages):
-        daemon.wait_message("STATUS=config error", prefix=True)
-    (daemon.folder / "ringd.yaml").write_text("{{{ not yaml")
-    daemon.wait_until(lambda s: "invalid YAML" in (s["config_error"] or ""))
-    write_config(daemon.folder, configs="  square8_2p: {threshold: 3}\n")
-    status = daemon.wait_until(lambda s: s["config_error"] is None)
-    assert daemon.configs()["square8_2p"]["threshold"] == 3
-
-
-def test_an_editor_saving_by_rename_is_seen(daemon: DaemonProcess) -> None:
-    daemon.start()
-    tmp = daemon.folder / ".ringd.yaml.swp"
-    tmp.write_text(
-        (daemon.folder / "ringd.yaml").read_text().replace("threshold: 10", "threshold: 77")
-    )
-    os.replace(tmp, daemon.folder / "ringd.yaml")
-    daemon.wait_until(
-        lambda s: {c["name"]: c for c in s["configs"]}["square8_2p"]["threshold"] == 77, timeout=3
-    )
-
-
-def test_a_new_watched_root_applies_on_reload_and_a_missing_one_is_waited_for(
-    daemon: DaemonProcess,
-) -> None:
-    later = daemon.folder / "later"
-    write_config(daemon.folder)
-    daemon.start()
-    text = (daemon.folder / "ringd.yaml").read_text()
-    (daemon.folder / "ringd.yaml").write_text(
-        text.replace("roots: [data/selfplay]", "roots: [data/selfplay, later]")
-    )
-    daemon.wait_until(lambda s: str(later) in s["daemon"]["roots"])
-    append(later / "x" / "a.jsonl", game_line("hexagonal", 2, 1))  # the root appears
-    daemon.wait_until(lambda s: total(s) == 1)
-    append(later / "x" / "a.jsonl", game_line("hexagonal", 2, 2))  # and is watched
-    daemon.wait_until(lambda s: total(s) == 2, timeout=5)
-
-
 def test_sighup_rereads_the_config_and_notify_messages_come_in_order(short_tmp: Path) -> None:
     (short_tmp / "data" / "selfplay").mkdir(parents=True)
     write_config(short_tmp)
@@ -230,38 +157,6 @@ def test_status_finds_the_socket_from_the_environment(daemon: DaemonProcess) -> 
     assert result.returncode == 0 and json.loads(result.stdout)["daemon"]["pid"] == daemon.pid
     result = ringd("status", "--config", str(daemon.config))
     assert result.returncode == 0 and "+0/10" in result.stdout
-
-
-def test_the_event_stream_reports_games_with_sequence_ranges(daemon: DaemonProcess) -> None:
-    daemon.start()
-    events: list[dict[str, object]] = []
-    done = threading.Event()
-
-    def read() -> None:
-        for event in follow(daemon.socket):
-            events.append(event)
-            if event.get("event") == "rejects":
-                done.set()
-                return
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not events and time.monotonic() < deadline:  # the stream's hello line
-        time.sleep(0.01)
-    append(
-        daemon.folder / "data" / "selfplay" / "n" / "a.jsonl",
-        b"".join(game_line("hex8", 2, i) for i in range(3)) + b"junk\n",
-    )
-    assert done.wait(10), events
-    kinds = [e["event"] for e in events]
-    assert kinds[0] == "hello" and "file" in kinds and "games" in kinds
-    games = next(e for e in events if e["event"] == "games")
-    assert (games["config"], games["count"], games["first_seq"], games["last_seq"]) == (
-        "hex8_2p",
-        3,
-        1,
-        3,
-    )
 
 
 def test_metrics_and_healthz_over_the_socket(daemon: DaemonProcess) -> None:

@@ -9,7 +9,6 @@ shutdown. fsyncs can be slow, so the flushers get a thread of their own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from ringd.ramdisk import Flusher
 from ringd.scan import SUFFIX
 from ringd.service.events import EventBus, RamdiskFailed, RamdiskFlushed, RamdiskRecovered
 from ringd.service.notify import Notifier
+from ringd.service.waiting import wait_event
 from ringd.settings import RamdiskMapping
 from ringd.status import RamdiskStatus
 
@@ -76,8 +76,7 @@ class RamdiskStage:
             await self._in_thread(flusher.sweep)
             self._report(flusher)
             if not flusher.status.source_present:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(restart.wait(), mapping.sweep_interval_s)
+                await wait_event(restart, mapping.sweep_interval_s)
                 continue
             try:
                 async for changes in watchfiles.awatch(

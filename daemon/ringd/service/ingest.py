@@ -34,6 +34,7 @@ from ringd.service.events import (
     ScanFinished,
 )
 from ringd.service.metrics import Metrics
+from ringd.service.waiting import wait_event
 from ringd.settings import WatchSettings
 
 T = TypeVar("T")
@@ -78,11 +79,8 @@ class Ingest:
     async def run(self) -> None:
         """Reconcile every `rescan_interval_s`, and whenever a scan is requested."""
         while True:
-            try:
-                await asyncio.wait_for(self._rescan.wait(), self.watch.rescan_interval_s)
-                reason = "requested"
-            except TimeoutError:
-                reason = "periodic"
+            asked = await wait_event(self._rescan, self.watch.rescan_interval_s)
+            reason = "requested" if asked else "periodic"
             self._rescan.clear()
             await self.scan(self.watch.roots, reason)
 

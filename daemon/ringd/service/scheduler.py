@@ -9,7 +9,6 @@ actions and every second, and hands the starts and cancels to the job runner.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
@@ -21,6 +20,7 @@ from ringd.service.errors import OperatorError
 from ringd.service.events import EventBus, GamesAdded, JobFinished
 from ringd.service.jobs import JobRunner, RunningJob, Slot
 from ringd.service.metrics import Metrics
+from ringd.service.waiting import wait_event
 from ringd.settings import Settings
 from ringd.status import JobProgress, Scheduling
 
@@ -60,8 +60,7 @@ class Scheduler:
         follower = asyncio.create_task(self._follow())
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), SCHEDULE_EVERY_S)
+                await wait_event(self._wake, SCHEDULE_EVERY_S)
                 self._wake.clear()
                 await self.schedule_once()
         finally:
