@@ -38,6 +38,16 @@ from ringd.service.errors import OperatorError
 from ringd.service.events import EventBus, JobFinished, JobProgressed, JobStarted
 from ringd.service.metrics import Metrics
 from ringd.settings import Settings, TrainingSettings
+from ringd.train.protocol import (
+    CheckpointEvent,
+    DoneEvent,
+    ErrorEvent,
+    ProgressEvent,
+    ProtocolError,
+    StartEvent,
+    TrainerEvent,
+    parse_event,
+)
 from ringd.train.spec import GameSpan, JobSpec
 
 T = TypeVar("T")
@@ -197,7 +207,7 @@ class JobRunner:
     async def _supervise(self, running: RunningJob, folder: Path) -> None:
         job, process = running.job, running.process
         timeout = self.settings.training.timeout_s
-        events: dict[str, dict[str, Any]] = {}
+        events = _Reported()
         reader = asyncio.create_task(self._read_events(running, folder, events))
         try:
             await asyncio.wait_for(asyncio.shield(process.wait()), timeout)
@@ -208,9 +218,7 @@ class JobRunner:
         (folder / "job.pid").unlink(missing_ok=True)
         code = process.returncode
         state, error = _outcome(code, running.stop_reason, events, folder)
-        done = events.get("done", {})
-        checkpoint = done.get("checkpoint") or events.get("checkpoint", {}).get("path")
-        sha = done.get("sha256") or events.get("checkpoint", {}).get("sha256")
+        checkpoint, sha = events.final_checkpoint()
         await self.db(
             lambda db: db.finish_job(
                 job.id,
@@ -248,9 +256,7 @@ class JobRunner:
         self._metrics.training_duration.labels(job.config, state).observe(seconds)
         self._bus.publish(JobFinished(job.id, job.config, state, code, error, seconds, checkpoint))
 
-    async def _read_events(
-        self, running: RunningJob, folder: Path, events: dict[str, dict[str, Any]]
-    ) -> None:
+    async def _read_events(self, running: RunningJob, folder: Path, events: _Reported) -> None:
         """The trainer's JSON lines: kept in events.jsonl, progress to the ledger and the bus."""
         assert running.process.stdout is not None
         last_write = 0.0
@@ -259,23 +265,25 @@ class JobRunner:
                 out.write(line)
                 out.flush()
                 try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue  # not protocol: the trainer printed something else; it is in the file
-                if not isinstance(event, dict):
+                    event = parse_event(line)
+                except ProtocolError as e:
+                    events.protocol_error = str(e)
+                    log.error("the trainer broke the protocol", job=running.job.id, error=str(e))
                     continue
-                kind = str(event.get("event", ""))
-                events[kind] = event
-                if kind in ("progress", "start"):
-                    running.progress = event
+                events.note(event)
+                if isinstance(event, StartEvent | ProgressEvent):
+                    progress = event.model_dump(mode="json", exclude_none=True)
+                    running.progress = progress
                     if time.monotonic() - last_write >= PROGRESS_EVERY_S:
                         last_write = time.monotonic()
                         await self.db(
                             functools.partial(
-                                Ledger.job_progress, job_id=running.job.id, progress=event
+                                Ledger.job_progress, job_id=running.job.id, progress=progress
                             )
                         )
-                        self._bus.publish(JobProgressed(running.job.id, running.job.config, event))
+                        self._bus.publish(
+                            JobProgressed(running.job.id, running.job.config, progress)
+                        )
 
     async def _terminate(self, running: RunningJob) -> None:
         """SIGTERM the job's process group, wait its grace, then SIGKILL."""
@@ -403,18 +411,45 @@ def _warm_start(latest: Path, training: TrainingSettings) -> str | None:
     return path
 
 
+@dataclass(slots=True)
+class _Reported:
+    """What a job's trainer said: its last checkpoint, done and error events."""
+
+    checkpoint: CheckpointEvent | None = None
+    done: DoneEvent | None = None
+    error: ErrorEvent | None = None
+    protocol_error: str | None = None
+
+    def note(self, event: TrainerEvent | None) -> None:
+        if isinstance(event, CheckpointEvent):
+            self.checkpoint = event
+        elif isinstance(event, DoneEvent):
+            self.done = event
+        elif isinstance(event, ErrorEvent):
+            self.error = event
+
+    def final_checkpoint(self) -> tuple[str | None, str | None]:
+        """The checkpoint the job ended with (done), else its last one, and its sha256."""
+        if self.done is not None and self.done.checkpoint:
+            return self.done.checkpoint, self.done.sha256
+        if self.checkpoint is not None:
+            return self.checkpoint.path, self.checkpoint.sha256
+        return None, None
+
+
 def _outcome(
-    code: int | None, stop_reason: str | None, events: dict[str, dict[str, Any]], folder: Path
+    code: int | None, stop_reason: str | None, events: _Reported, folder: Path
 ) -> tuple[str, str | None]:
-    if code == 0 and stop_reason is None and "done" in events:
+    if code == 0 and stop_reason is None and events.done is not None:
         return "succeeded", None
     if stop_reason is not None and not stop_reason.startswith("timed out"):
         return "interrupted", stop_reason
     if stop_reason is not None:
         return "failed", stop_reason
-    error = events.get("error")
-    if error:
-        return "failed", f"{error.get('kind', 'error')}: {error.get('message', '')}"
+    if events.error is not None:
+        return "failed", f"{events.error.kind}: {events.error.message}"
+    if events.protocol_error is not None:
+        return "failed", f"protocol error: {events.protocol_error}"
     if code == 0:
         return "failed", "exited 0 without a done event"
     what = (
