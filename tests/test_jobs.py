@@ -148,7 +148,7 @@ def test_a_daemon_killed_during_a_job_reruns_it_and_the_range_is_trained_once(ma
     assert (daemon.folder / "var" / "jobs" / job_id / "resume.marker").exists()
 
 
-def test_the_higher_ratio_goes_first_with_one_slot_and_pause_and_trigger(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_the_higher_ratio_goes_first_with_one_slot(make_daemon) -> None:  # type: ignore[no-untyped-def]
     daemon = make_daemon(
         "ok",
         "  square8_2p: {threshold: 10}\n  hex8_2p: {threshold: 4}\n  hexagonal_2p: {threshold: 50}\n",
@@ -162,34 +162,6 @@ def test_the_higher_ratio_goes_first_with_one_slot_and_pause_and_trigger(make_da
     daemon.wait_until(lambda s: config(s, "square8_2p")["trained_through"] > 0, timeout=30)
     first, second = sorted(jobs(daemon), key=lambda j: j["started"])
     assert (first["config"], second["config"]) == ("hex8_2p", "square8_2p")
-
-    # Pause: no job starts, whatever the count; it survives a restart.
-    assert ringd("pause", "hex8_2p", "--socket", str(daemon.socket)).returncode == 0
-    write_games(daemon, "hex8", 2, 100, 10, name="h2")
-    daemon.wait_until(
-        lambda s: (
-            config(s, "hex8_2p")["new_games"] == 10 and config(s, "hex8_2p")["state"] == "paused"
-        )
-    )
-    refused = ringd("trigger", "hex8_2p", "--socket", str(daemon.socket))
-    assert refused.returncode == 1 and "paused" in refused.stderr
-    daemon.stop()
-    daemon.start()
-    assert config(daemon.status(), "hex8_2p")["state"] == "paused"
-    assert ringd("resume", "hex8_2p", "--socket", str(daemon.socket)).returncode == 0
-    daemon.wait_until(lambda s: config(s, "hex8_2p")["new_games"] == 0, timeout=30)
-
-    # Trigger: below its threshold, it trains now.
-    write_games(daemon, "hexagonal", 2, 0, 2, name="x")
-    daemon.wait_until(lambda s: config(s, "hexagonal_2p")["new_games"] == 2)
-    assert config(daemon.status(), "hexagonal_2p")["state"] == "idle"
-    shown = ringd("trigger", "hexagonal_2p", "--socket", str(daemon.socket))
-    assert shown.returncode == 0 and "hexagonal_2p" in shown.stdout
-    daemon.wait_until(lambda s: config(s, "hexagonal_2p")["trained_through"] > 0, timeout=30)
-    nothing = ringd("trigger", "hexagonal_2p", "--socket", str(daemon.socket))
-    assert nothing.returncode == 1 and "no new games" in nothing.stderr
-    unknown = ringd("trigger", "square19_4p", "--socket", str(daemon.socket))
-    assert unknown.returncode == 1 and "not a configured" in unknown.stderr
 
 
 def test_jobs_and_logs_commands(make_daemon) -> None:  # type: ignore[no-untyped-def]
@@ -211,7 +183,9 @@ def test_jobs_and_logs_commands(make_daemon) -> None:  # type: ignore[no-untyped
     assert logs.returncode == 0 and "fake trainer: giving up" in logs.stdout
     missing = ringd("logs", "nope", "--socket", str(daemon.socket))
     assert missing.returncode == 1 and "no job 'nope'" in missing.stderr
-    metrics = __import__("ringd.cli.client", fromlist=["get"]).get(daemon.socket, "/metrics").decode()
+    metrics = (
+        __import__("ringd.cli.client", fromlist=["get"]).get(daemon.socket, "/metrics").decode()
+    )
     assert 'ringd_jobs_total{config="hex8_3p",state="failed"} 1.0' in metrics
 
 
