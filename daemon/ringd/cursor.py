@@ -74,9 +74,11 @@ def fingerprint(fd: int, offset: int) -> bytes:
 class Chunk:
     """Complete lines read in one go: (offset, bytes without newline) each."""
 
-    lines: list[tuple[int, bytes]]
+    # Views into the bytes read (no copy per line); bytes for a line longer than a read.
+    lines: list[tuple[int, bytes | memoryview]]
     too_long: list[tuple[int, int]]  # (offset, length) of lines over the limit
     end: int  # the offset after the last complete line
+    ascii: bool = False  # every byte of these lines is ASCII (no UTF-8 check needed)
 
 
 def read_chunks(
@@ -97,23 +99,23 @@ def read_chunks(
                 return  # not terminated yet: it waits like any partial line
             pos = end
             continue
-        # The lines are copied once (by split). The partial line after the last
-        # newline is read again with the next chunk instead of being joined to
-        # it, which would copy the whole chunk.
-        parts = data.split(b"\n")
-        parts.pop()
-        lines: list[tuple[int, bytes]] = []
+        # Lines are views into the bytes read, not copies. The partial line after
+        # the last newline is read again with the next chunk instead of being
+        # joined to it, which would copy the whole chunk.
+        view = memoryview(data)
+        find = data.find
+        lines: list[tuple[int, bytes | memoryview]] = []
         too_long: list[tuple[int, int]] = []
-        offset = pos
-        for line in parts:
-            n = len(line)
-            if n > max_line:
-                too_long.append((offset, n))
+        start = 0
+        while start <= last_nl:
+            nl = find(b"\n", start)
+            if nl - start > max_line:
+                too_long.append((pos + start, nl - start))
             else:
-                lines.append((offset, line))
-            offset += n + 1
-        pos = offset
-        yield Chunk(lines, too_long, pos)
+                lines.append((pos + start, view[start:nl]))
+            start = nl + 1
+        pos += start
+        yield Chunk(lines, too_long, pos, data.isascii())
 
 
 def _long_line(
@@ -229,7 +231,7 @@ def _classify(
     result: FileResult,
 ) -> None:
     for offset, line in chunk.lines:
-        parsed = parse_line(line, rules)
+        parsed = parse_line(line, rules, ascii=chunk.ascii)
         if isinstance(parsed, Game):
             games.append(
                 GameRow(

@@ -116,7 +116,7 @@ _decoder = msgspec.json.Decoder(_Fields)
 _EMPTY_VALUES = frozenset((b"null", b"[]", b"{}", b'""'))
 
 
-def line_key(line: bytes) -> bytes:
+def line_key(line: bytes | memoryview) -> bytes:
     """The hash of a whole line: the key of a record without `moves`, and every
     game's key in ledgers before schema 4."""
     return xxhash.xxh3_128_digest(line)
@@ -133,7 +133,7 @@ def content_key(config: str, moves: bytes, initial_state: bytes = b"") -> bytes:
     return h.digest()
 
 
-def game_key(line: bytes, rules: Rules = DEFAULT_RULES) -> bytes | None:
+def game_key(line: bytes | memoryview, rules: Rules = DEFAULT_RULES) -> bytes | None:
     """The key of the game on `line` (without its newline); None when it names no config.
 
     Whoever reads a game back by its span (the trainer) checks this against the
@@ -169,23 +169,28 @@ def key_candidates(line: bytes, rules: Rules = DEFAULT_RULES) -> set[bytes]:
     return out
 
 
-def parse_line(line: bytes, rules: Rules = DEFAULT_RULES) -> Game | Reject:
-    """Classify one complete line (without its trailing newline)."""
+def parse_line(
+    line: bytes | memoryview, rules: Rules = DEFAULT_RULES, *, ascii: bool = False
+) -> Game | Reject:
+    """Classify one complete line (without its trailing newline).
+
+    `ascii`: the caller knows the line is ASCII (it checked the whole chunk).
+    """
     # msgspec does not check UTF-8 inside fields it skips; isascii() is a
     # cheap pass for nearly every record.
-    if not line.isascii():
+    if not ascii and not (text := bytes(line)).isascii():
         try:
-            line.decode("utf-8")
+            text.decode("utf-8")
         except UnicodeDecodeError as e:
             return Reject(Reason.INVALID_UTF8, f"byte {e.start}: {e.reason}")
     try:
         fields = _decoder.decode(line)
     except msgspec.ValidationError as e:
-        if not line.strip():
+        if not bytes(line).strip():
             return Reject(Reason.BLANK, "empty line")
         return Reject(Reason.NOT_OBJECT, str(e))
     except msgspec.DecodeError as e:
-        if not line.strip():
+        if not bytes(line).strip():
             return Reject(Reason.BLANK, "empty line")
         return Reject(Reason.NOT_JSON, str(e))
 
@@ -206,7 +211,7 @@ def parse_line(line: bytes, rules: Rules = DEFAULT_RULES) -> Game | Reject:
     )
 
 
-def _key(fields: _Fields, config: str, line: bytes) -> bytes:
+def _key(fields: _Fields, config: str, line: bytes | memoryview) -> bytes:
     if fields.moves is _ABSENT:
         return line_key(line)
     initial = fields.initial_state if fields.initial_state is not _ABSENT else fields.initialState
