@@ -86,9 +86,20 @@ class Supervisor:
     async def serve(self, *, install_signals: bool = True) -> int:
         """Run until `stop()` (or SIGTERM/SIGINT when `install_signals`)."""
         with self.capture_signals() if install_signals else contextlib.nullcontext():
-            await self.startup()
+            starting = asyncio.create_task(self.startup())
+            stopping = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if starting.done():
+                starting.result()  # a failed start-up (socket taken, ...) raises as it is
+            else:
+                # Stopped during the first scan (a long backfill): what was committed stays.
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
             try:
-                await self.main_loop()
+                if not starting.cancelled():
+                    await self.main_loop()
             finally:
                 await self.shutdown()
         return 0
