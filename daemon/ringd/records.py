@@ -73,6 +73,12 @@ class Rules:
     aliases: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
     unfinished: frozenset[str] = frozenset(DEFAULT_UNFINISHED_STATUSES)
     max_line: int = DEFAULT_MAX_LINE_BYTES
+    # Memos of this rule set's answers: few boards and statuses occur, and the
+    # checks cost more than the dict lookups (ingest runs them once per game).
+    _configs: dict[tuple[str, int], tuple[str, bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _statuses: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
 
 DEFAULT_RULES = Rules()
@@ -124,8 +130,11 @@ def line_key(line: bytes | memoryview) -> bytes:
 
 def content_key(config: str, moves: bytes, initial_state: bytes = b"") -> bytes:
     """The key of a game of `config` from the raw bytes of its moves and initial state."""
-    h = xxhash.xxh3_128(config.encode())
-    h.update(b"\n")
+    return _content_key(config.encode() + b"\n", moves, initial_state)
+
+
+def _content_key(prefix: bytes, moves: bytes, initial_state: bytes) -> bytes:
+    h = xxhash.xxh3_128(prefix)
     h.update(moves)
     if initial_state:
         h.update(b"\n")
@@ -145,9 +154,9 @@ def game_key(line: bytes | memoryview, rules: Rules = DEFAULT_RULES) -> bytes | 
     except msgspec.DecodeError:  # ValidationError is a DecodeError
         return None
     config = _config(fields, rules)
-    if not isinstance(config, str):
+    if isinstance(config, Reject):
         return None
-    return _key(fields, config, line)
+    return _key(fields, config[1], line)
 
 
 def key_candidates(line: bytes, rules: Rules = DEFAULT_RULES) -> set[bytes]:
@@ -164,8 +173,8 @@ def key_candidates(line: bytes, rules: Rules = DEFAULT_RULES) -> set[bytes]:
         return out
     for aliases in (rules.aliases, {}):
         config = _config(fields, Rules(aliases, rules.unfinished, rules.max_line))
-        if isinstance(config, str):
-            out.add(_key(fields, config, line))
+        if not isinstance(config, Reject):
+            out.add(_key(fields, config[1], line))
     return out
 
 
@@ -197,7 +206,7 @@ def parse_line(
     config = _config(fields, rules)
     if isinstance(config, Reject):
         return config
-    if (status := _unfinished(fields, rules.unfinished)) is not None:
+    if (status := _unfinished(fields, rules)) is not None:
         return Reject(Reason.UNFINISHED, status)
     moves = fields.moves
     if moves is not _ABSENT and len(moves) <= 8 and b"".join(bytes(moves).split()) in _EMPTY_VALUES:
@@ -205,22 +214,27 @@ def parse_line(
 
     ident = fields.id if fields.id is not msgspec.UNSET else fields.game_id
     return Game(
-        config=config,
-        key=_key(fields, config, line),
+        config=config[0],
+        key=_key(fields, config[1], line),
         game_id=str(ident) if isinstance(ident, str | int) else None,
     )
 
 
-def _key(fields: _Fields, config: str, line: bytes | memoryview) -> bytes:
+def _key(fields: _Fields, prefix: bytes, line: bytes | memoryview) -> bytes:
     if fields.moves is _ABSENT:
         return line_key(line)
     initial = fields.initial_state if fields.initial_state is not _ABSENT else fields.initialState
-    return content_key(config, fields.moves, initial)
+    return _content_key(prefix, fields.moves, initial)
 
 
-def _config(fields: _Fields, rules: Rules) -> str | Reject:
+def _config(fields: _Fields, rules: Rules) -> tuple[str, bytes] | Reject:
+    """(config, the bytes its keys start with), or why the line names no config."""
     board = _pick(fields.boardType, fields.board_type)
     players = _pick(fields.numPlayers, fields.num_players)
+    if type(board) is str and type(players) is int:
+        known = rules._configs.get((board, players))
+        if known is not None:
+            return known
     if board is _CONFLICT or players is _CONFLICT:
         return Reject(
             Reason.CONFLICTING_DIALECTS,
@@ -240,22 +254,36 @@ def _config(fields: _Fields, rules: Rules) -> str | Reject:
         )
     if not 1 <= players <= MAX_PLAYERS:
         return Reject(Reason.PLAYERS_OUT_OF_RANGE, f"{players} players (1 to {MAX_PLAYERS})")
-    return config_name(rules.aliases.get(board, board), players)
+    config = config_name(rules.aliases.get(board, board), players)
+    known = (config, config.encode() + b"\n")
+    if len(rules._configs) < _MEMO_SIZE:
+        rules._configs[(board, players)] = known
+    return known
 
 
-def _unfinished(fields: _Fields, unfinished: frozenset[str]) -> str | None:
+_MEMO_SIZE = 4096
+
+
+def _unfinished(fields: _Fields, rules: Rules) -> str | None:
     """`status ...` naming the field that says the game did not finish, or None."""
-    for name, value in (("status", fields.status), ("game_status", fields.game_status)):
-        if isinstance(value, str) and value.strip().lower() in unfinished:
-            return f"{name} {value!r}"
-    reason = fields.termination_reason
-    if isinstance(reason, str):
-        # RingRift writes `status:<game status>:<victory type>`; a game cut off
-        # at max_moves says `status:completed:in_progress`.
-        for part in reason.split(":"):
-            if part.strip().lower() in unfinished:
-                return f"termination_reason {reason!r}"
+    if type(value := fields.status) is str and _says_unfinished(value, rules):
+        return f"status {value!r}"
+    if type(value := fields.game_status) is str and _says_unfinished(value, rules):
+        return f"game_status {value!r}"
+    if type(value := fields.termination_reason) is str and _says_unfinished(value, rules):
+        return f"termination_reason {value!r}"
     return None
+
+
+def _says_unfinished(value: str, rules: Rules) -> bool:
+    known = rules._statuses.get(value)
+    if known is None:
+        # RingRift writes `termination_reason: status:<game status>:<victory type>`;
+        # a game cut off at max_moves says `status:completed:in_progress`.
+        known = any(part.strip().lower() in rules.unfinished for part in value.split(":"))
+        if len(rules._statuses) < _MEMO_SIZE:
+            rules._statuses[value] = known
+    return known
 
 
 _CONFLICT = object()
