@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from ringd.ledger import Added, Cursor, FileRow, GameRow, Ledger, RejectRow, merge_added
-from ringd.records import Game, Reason, Rules, game_key, key_candidates, line_key, parse_line
+from ringd.records import Game, Reason, Rules, line_key, parse_line, rekeyed
 
 FINGERPRINT_SPAN = 4096
 CHUNK_BYTES = 8 * 1024 * 1024  # games committed per transaction, at most about
@@ -282,9 +282,9 @@ def rekey_file(ledger: Ledger, row: FileRow, rules: Rules) -> int:
         keys: list[tuple[int, bytes]] = []
         for seq, key, offset, length in ledger.spans_in(row.id):
             line = os.pread(fd, length, offset)
-            if len(line) != length or key not in key_candidates(line, rules):
+            if len(line) != length:
                 continue
-            new = game_key(line, rules)
+            new = rekeyed(line, key, rules)
             if new is not None and new != key:
                 keys.append((seq, new))
     finally:

@@ -166,16 +166,35 @@ def key_candidates(line: bytes, rules: Rules = DEFAULT_RULES) -> set[bytes]:
     the config as the record spells it and under the canonical config (the
     aliases may have changed since).
     """
-    out = {line_key(line)}
+    return _candidates(line, rules)[0]
+
+
+def rekeyed(line: bytes, key: bytes, rules: Rules = DEFAULT_RULES) -> bytes | None:
+    """The key `rules` give the game on `line`, if `key` is one it may have been
+    counted under (`key_candidates`); None when the line is another game."""
+    candidates, current = _candidates(line, rules)
+    return current if key in candidates else None
+
+
+_UNALIASED = Rules(aliases={})
+
+
+def _candidates(line: bytes, rules: Rules) -> tuple[set[bytes], bytes | None]:
+    # One decode for all of them: re-keying a ledger reads every game once.
+    whole = line_key(line)
     try:
         fields = _decoder.decode(line)
     except msgspec.DecodeError:
-        return out
-    for aliases in (rules.aliases, {}):
-        config = _config(fields, Rules(aliases, rules.unfinished, rules.max_line))
+        return {whole}, None
+    out = {whole}
+    current = None
+    for r in (rules, _UNALIASED):
+        config = _config(fields, r)
         if not isinstance(config, Reject):
-            out.add(_key(fields, config[1], line))
-    return out
+            key = _key(fields, config[1], line)
+            out.add(key)
+            current = key if current is None else current
+    return out, current
 
 
 def parse_line(
