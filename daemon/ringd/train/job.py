@@ -1,7 +1,7 @@
 """``python -m ringd.train SPEC.json``: the training job as a program.
 
-Stages: read the spec, load the encoder, bring the window into the sample cache
-(no torch yet: the encoding pool's processes start light), then train
+Stages: read the spec, load the encoder, bring the window and the held-out games
+into the sample cache (no torch yet: the encoding pool's processes start light), then train
 (:mod:`ringd.train.loop`). Every failure ends as one ``error`` event and its exit
 code (:class:`~ringd.train.protocol.ExitCode`); human-readable logs go to stderr.
 """
@@ -20,7 +20,7 @@ from types import FrameType
 
 from ringd.train.cache import CacheError
 from ringd.train.encode import Encoder, Geometry, UnknownEncoder, UnsupportedBoard, load_encoder
-from ringd.train.prepare import Prepared, prepare_window
+from ringd.train.prepare import Prepared, prepare_holdout, prepare_window
 from ringd.train.protocol import Events, ExitCode, JobFailed, StopFlag
 from ringd.train.spec import JobSpec, SpecError, load_spec
 
@@ -38,9 +38,19 @@ def run_job(
         prepared = prepare_window(spec, encoder, geometry, stop=stop, workers=workers)
         if prepared.window.size == 0:
             raise JobFailed(ExitCode.NO_GAMES, _no_games(spec, prepared))
+        holdout = prepare_holdout(spec, encoder, geometry, stop=stop, workers=workers)
         from ringd.train.loop import train  # torch is imported from here on
 
-        train(spec, encoder, geometry, prepared, events=events, stop=stop, started=started)
+        train(
+            spec,
+            encoder,
+            geometry,
+            prepared,
+            events=events,
+            stop=stop,
+            started=started,
+            holdout=holdout,
+        )
         return ExitCode.OK
     except JobFailed as failure:
         log.error("%s", failure.message)

@@ -30,11 +30,12 @@ from ringd.train.checkpoint import (
     shape_mismatches,
 )
 from ringd.train.encode import Encoder, Geometry
+from ringd.train.evaluate import Evaluator
 from ringd.train.gpu_util import UtilizationSampler, utilization_reader
 from ringd.train.loader import TierChoice, choose_tier, memory_budgets, open_loader
 from ringd.train.lr import lr_at, warmup_steps
 from ringd.train.model import NetShape, PolicyValueNet, build_model, parameter_count
-from ringd.train.prepare import Prepared
+from ringd.train.prepare import HeldOutSamples, Prepared
 from ringd.train.protocol import (
     CheckpointEvent,
     DoneEvent,
@@ -42,6 +43,7 @@ from ringd.train.protocol import (
     Events,
     ExitCode,
     GraphStatus,
+    HeldOutEval,
     JobFailed,
     LoaderChoice,
     ModelInfo,
@@ -79,6 +81,7 @@ def train(
     events: Events,
     stop: StopFlag,
     started: float,
+    holdout: HeldOutSamples | None = None,
 ) -> None:
     """Train on the prepared window and write the final checkpoint; raise JobFailed if not."""
     try:
@@ -103,6 +106,7 @@ def train(
             events=events,
             stop=stop,
             started=started,
+            holdout=holdout,
         )
         trainer.train()
     except torch.OutOfMemoryError as e:
@@ -139,7 +143,8 @@ class Trainer:
 
     ``fingerprint`` is the spec's training fingerprint (recorded in checkpoints);
     ``resumable`` an unfinished checkpoint of this job to continue from (None: start
-    at step 0, from ``spec.init_checkpoint`` if it names one).
+    at step 0, from ``spec.init_checkpoint`` if it names one); ``holdout`` the samples
+    of the held-out games each checkpoint is evaluated on.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class Trainer:
         events: Events,
         stop: StopFlag,
         started: float,
+        holdout: HeldOutSamples | None = None,
     ) -> None:
         hyper = spec.hyper
         self.spec, self.encoder, self.geometry, self.prepared = spec, encoder, geometry, prepared
@@ -213,12 +219,34 @@ class Trainer:
             meta = _Meta(
                 spec, encoder, geometry, self.shape, prepared, fingerprint, self.total_steps
             )
+            scalars = open_scalars(out / "tb")
+            # Held-out metrics of the network as it starts; each checkpoint's later.
+            self.evaluator = Evaluator(
+                holdout,
+                geometry,
+                device=device,
+                amp=self.amp,
+                channels_last=hyper.channels_last,
+                scalars=scalars,
+            )
+            self.evaluator.begin(
+                self.model,
+                init_checkpoint=spec.init_checkpoint,
+                step=self.start_step,
+                resumed_meta=resumable.payload["meta"] if resumable is not None else None,
+            )
             self.checkpointer = Checkpointer(
-                out, meta, events, self.model, self.optimizer, every_s=hyper.checkpoint_every_s
+                out,
+                meta,
+                events,
+                self.model,
+                self.optimizer,
+                every_s=hyper.checkpoint_every_s,
+                evaluator=self.evaluator,
             )
             self.reporter = Reporter(
                 events,
-                open_scalars(out / "tb"),
+                scalars,
                 _gpu_sampler(device),
                 total_steps=self.total_steps,
                 batch_size=hyper.batch_size,
@@ -306,6 +334,7 @@ class Trainer:
             seq_last=self.prepared.seq_last,
             cuda_graph=GraphStatus(enabled=self.step.graph_enabled, why=self.step.graph_why),
             gpu_util_median=self.reporter.gpu_median(),
+            eval=self.checkpointer.last_eval,
         )
 
 
@@ -396,6 +425,7 @@ def _report_finished(
             seq_last=meta.get("seq_last"),
             cuda_graph=GraphStatus(enabled=False, why=already),
             gpu_util_median=None,
+            eval=meta.get("eval"),
         )
     )
 
@@ -518,7 +548,8 @@ class Checkpointer:
     """This job's checkpoints in its output folder: when one is due, writing, reporting.
 
     A resumable checkpoint (``resume.pt``) every ``every_s`` seconds and when the job
-    is stopped; the final one (``final.pt``) at the end, which supersedes it.
+    is stopped; the final one (``final.pt``) at the end, which supersedes it. Each but
+    the one saved on a stop is first evaluated on the held-out samples (``evaluator``).
     """
 
     def __init__(
@@ -530,6 +561,7 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         *,
         every_s: float,
+        evaluator: Evaluator | None = None,
     ) -> None:
         self._out = out
         self._meta = meta
@@ -538,6 +570,8 @@ class Checkpointer:
         self._optimizer = optimizer
         self._every_s = every_s
         self._last_save = time.monotonic()
+        self._evaluator = evaluator
+        self.last_eval: HeldOutEval | None = None  # of the last checkpoint saved
 
     def save_if_due(self, step: int, losses: LossValues | None) -> None:
         """A resumable checkpoint after ``step`` steps if ``every_s`` have passed since the last.
@@ -545,7 +579,7 @@ class Checkpointer:
         Never after the last step: the final checkpoint follows at once.
         """
         if step < self._meta.total_steps and time.monotonic() - self._last_save >= self._every_s:
-            self.save_resume(step, losses)
+            self._save(RESUME, step, losses, evaluate=True)
 
     def save_resume(self, step: int, losses: LossValues | None) -> Saved:
         """``resume.pt`` at ``step``: a rerun of the same spec continues from there."""
@@ -553,15 +587,22 @@ class Checkpointer:
 
     def save_final(self, losses: LossValues | None) -> Saved:
         """``final.pt``, then remove ``resume.pt`` (the final one resumes too: a rerun ends)."""
-        saved = self._save(FINAL, self._meta.total_steps, losses)
+        saved = self._save(FINAL, self._meta.total_steps, losses, evaluate=True)
         for stale in (self._out / RESUME, (self._out / RESUME).with_suffix(".json")):
             stale.unlink(missing_ok=True)
         return saved
 
-    def _save(self, name: str, step: int, losses: LossValues | None) -> Saved:
+    def _save(
+        self, name: str, step: int, losses: LossValues | None, *, evaluate: bool = False
+    ) -> Saved:
+        held_out = None
+        if self._evaluator is not None:
+            e = self._evaluator
+            held_out = e.evaluate(self._model, step) if evaluate else e.unevaluated(step)
+        self.last_eval = held_out
         saved = save_checkpoint(
             self._out / name,
-            meta=self._meta.at(step, losses),
+            meta={**self._meta.at(step, losses), "eval": _dumped(held_out)},
             model=self._model.state_dict(),
             optimizer=self._optimizer.state_dict(),
             resume={
@@ -574,9 +615,15 @@ class Checkpointer:
         log.info("checkpoint %s at step %d (sha256 %s)", saved.path, step, saved.sha256[:12])
         kind = "final" if name == FINAL else "resume"
         self._events.emit(
-            CheckpointEvent(path=str(saved.path), sha256=saved.sha256, step=step, kind=kind)
+            CheckpointEvent(
+                path=str(saved.path), sha256=saved.sha256, step=step, kind=kind, eval=held_out
+            )
         )
         return saved
+
+
+def _dumped(held_out: HeldOutEval | None) -> dict[str, Any] | None:
+    return held_out.model_dump(mode="json") if held_out is not None else None
 
 
 def _configure_device(device: torch.device) -> torch.dtype | None:
@@ -682,11 +729,28 @@ def _warm_start(model: PolicyValueNet, path: Path, encoder: Encoder, geometry: G
         raise JobFailed(ExitCode.BAD_CHECKPOINT, str(e)) from e
     meta = payload["meta"]
     theirs = meta.get("encoder", {})
+    if (
+        theirs.get("name") == encoder.name
+        and theirs.get("version") != encoder.version
+        and meta.get("model") == model.shape.as_dict()
+    ):
+        # A new version of the same encoder (grid v1 -> v2 read more move formats) with
+        # the same planes and board, into the same network: the weights still fit.
+        log.info(
+            "warm start from %s: trained with encoder %s v%s, this job encodes with v%s "
+            "(same planes, board and network)",
+            path,
+            encoder.name,
+            theirs.get("version"),
+            encoder.version,
+        )
+        theirs = {"name": encoder.name, "version": encoder.version}
     if (theirs.get("name"), theirs.get("version")) != (encoder.name, encoder.version):
         raise JobFailed(
             ExitCode.BAD_CHECKPOINT,
-            f"{path}: trained with encoder {theirs.get('name')} v{theirs.get('version')}, "
-            f"this job encodes with {encoder.name} v{encoder.version}",
+            f"{path}: trained with encoder {theirs.get('name')} v{theirs.get('version')} "
+            f"({_shape_text(meta.get('model'))}), this job encodes with {encoder.name} "
+            f"v{encoder.version} ({_shape_text(model.shape.as_dict())})",
         )
     problems = shape_mismatches(payload["model"], model.state_dict())
     if problems:
@@ -698,3 +762,11 @@ def _warm_start(model: PolicyValueNet, path: Path, encoder: Encoder, geometry: G
             f"{model.shape.blocks} blocks): {listed}",
         )
     model.load_state_dict(payload["model"])
+
+
+def _shape_text(shape: object) -> str:
+    if not isinstance(shape, dict):
+        return "network unknown"
+    return ", ".join(
+        f"{k} {shape.get(k)}" for k in ("planes", "height", "width", "channels", "blocks")
+    )

@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 
 from ringd.train.cache import CacheEntry, SampleCache
-from ringd.train.data import Window
+from ringd.train.data import HostBatch, Window
 from ringd.train.encode import EncodeError, Encoder, Geometry, Samples, load_encoder
 from ringd.train.games import Missing, read_games
 from ringd.train.protocol import ExitCode, JobFailed
@@ -295,3 +295,46 @@ def _worker_init() -> None:
     # and shuts the pool down. A worker killed mid-task would break the pool instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+# The held-out samples a job evaluates on are at most this many (the most recent games').
+MAX_HELD_OUT_SAMPLES = 65_536
+
+
+@dataclass(frozen=True)
+class HeldOutSamples:
+    """The held-out games' samples (``spec.holdout.games``), in host memory."""
+
+    games: int  # held-out games read and encoded
+    samples: HostBatch
+
+    @property
+    def size(self) -> int:
+        return len(self.samples.policy)
+
+
+def prepare_holdout(
+    spec: JobSpec,
+    encoder: Encoder,
+    geometry: Geometry,
+    *,
+    stop: Callable[[], bool],
+    workers: int | None = None,
+) -> HeldOutSamples:
+    """The samples of the spec's held-out games, through the sample cache like the window's.
+
+    A held-out game that cannot be read or encoded is left out (and logged, as in the
+    window); the samples of the most recent games are kept, at most MAX_HELD_OUT_SAMPLES.
+    """
+    games = sorted(spec.holdout.games, key=lambda g: g.seq)
+    if not games:
+        return HeldOutSamples(0, HostBatch.empty(0, geometry))
+    log.info("held-out games to evaluate on: %d", len(games))
+    holdout = spec.model_copy(update={"games": games, "new_from_seq": 0})
+    prepared = prepare_window(holdout, encoder, geometry, stop=stop, workers=workers)
+    window = prepared.window
+    n = min(window.size, MAX_HELD_OUT_SAMPLES)
+    samples = HostBatch.empty(n, geometry)
+    window.materialize(samples, window.size - n)
+    usable = len(games) - len(prepared.missing) - len(prepared.rejected)
+    return HeldOutSamples(usable, samples)

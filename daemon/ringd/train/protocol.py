@@ -101,6 +101,33 @@ class ModelInfo(_Part):
     parameters: int | None = None
 
 
+class HeldOutMetrics(_Part):
+    """One model on the held-out samples (a value is None where it was not finite)."""
+
+    loss: float | None = None  # policy_loss + value_mse: what training minimises
+    policy_loss: float | None = None  # cross-entropy of the policy
+    policy_acc: float | None = None  # top-1 accuracy of the policy
+    value_mse: float | None = None  # mean squared error of the value
+
+
+class HeldOutEval(_Part):
+    """A checkpoint's evaluation on the configuration's held-out games (never trained on).
+
+    ``model`` is the network being trained, at ``step``; ``start`` the network the job
+    started from, on the same samples: the warm start ``start_checkpoint``, or (null
+    there) the untrained network of the job's seed. Either is None without held-out
+    samples, and ``model`` also in a checkpoint saved on a stop (not evaluated).
+    """
+
+    step: int | None = None
+    games: int | None = None  # held-out games evaluated (readable and encodable)
+    samples: int | None = None
+    model: HeldOutMetrics | None = None
+    start: HeldOutMetrics | None = None
+    start_checkpoint: str | None = None
+    seconds: float | None = None  # evaluating `model` took this long
+
+
 class _Event(_Part):
     # Declared here so that every line starts with its type and time (subclasses
     # narrow `event` to their Literal; a field keeps its place when overridden).
@@ -168,6 +195,7 @@ class CheckpointEvent(_Event):
     sha256: str
     step: int | None = None
     kind: str | None = None  # ringd writes "resume" and "final"
+    eval: HeldOutEval | None = None  # held-out metrics (None: not evaluated)
 
 
 class DoneEvent(_Losses):
@@ -182,6 +210,7 @@ class DoneEvent(_Losses):
     seq_last: int | None = None
     cuda_graph: GraphStatus | None = None
     gpu_util_median: Number | None = None
+    eval: HeldOutEval | None = None  # the final checkpoint's held-out metrics
 
 
 class ErrorEvent(_Event):

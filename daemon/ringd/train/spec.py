@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ringd.boards import config_name
+from ringd.train.holdout import bucket_of, held_out_buckets
 
 SPEC_VERSION = 1
 
@@ -81,6 +82,17 @@ class Hyper(_Model):
     log_every: int = Field(default=10, ge=1)
 
 
+class HoldOut(_Model):
+    """The configuration's held-out slice (never trained on) and the games to evaluate on."""
+
+    fraction: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="share of games held out by key (0: none)"
+    )
+    games: list[GameSpan] = Field(
+        default_factory=list, description="held-out games each checkpoint is evaluated on"
+    )
+
+
 # Fields of Hyper that change what is trained (the rest change only how fast or how
 # it is reported); a resumable checkpoint is only resumed by a spec that agrees on them.
 _TRAINING_HYPER = (
@@ -110,6 +122,7 @@ class JobSpec(_Model):
     device: str = "auto"
     seed: int = Field(default=0, ge=0, lt=2**63)
     hyper: Hyper = Field(default_factory=Hyper)
+    holdout: HoldOut = Field(default_factory=HoldOut)
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
@@ -126,6 +139,16 @@ class JobSpec(_Model):
                 raise ValueError(
                     f"games must be oldest first with increasing seq; seq {after.seq} "
                     f"follows {before.seq}"
+                )
+        # The trainer's own check that no held-out game is trained on (the daemon
+        # leaves them out of the window): a spec that lists one is refused whole.
+        held_out = {g.key for g in self.holdout.games}
+        buckets = held_out_buckets(self.holdout.fraction)
+        for g in self.games if held_out or buckets else ():
+            if g.key in held_out or bucket_of(g.key_bytes) < buckets:
+                raise ValueError(
+                    f"games: seq {g.seq} (key {g.key}) is a held-out game "
+                    f"(holdout.fraction {self.holdout.fraction:g}); no job trains on one"
                 )
         return self
 
