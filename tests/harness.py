@@ -62,17 +62,28 @@ def write_config(folder: Path, extra: str = "", configs: str | None = None) -> P
 
 
 def ringd(
-    *args: str, check: bool = False, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+    prefix: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the ringd CLI in a real subprocess."""
+    """Run the ringd CLI in a real subprocess (`prefix`: e.g. setpriv, fewer privileges)."""
     return subprocess.run(
-        [sys.executable, "-m", "ringd.cli", *args],
+        [*(prefix or []), sys.executable, "-m", "ringd.cli", *args],
         capture_output=True,
         text=True,
         check=check,
         timeout=timeout,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
+
+
+# Root reads and writes anywhere: run as root without the capabilities that let it,
+# to see what an operator's service user sees (setpriv is util-linux's).
+WITHOUT_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
 class DaemonProcess:

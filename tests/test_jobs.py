@@ -287,3 +287,53 @@ def test_slots_one_per_gpu_found_by_nvidia_smi_else_one_cpu_slot(
     smi.chmod(0o755)
     assert [s.name for s in detect_slots("auto")] == ["cuda:0", "cuda:1"]
     assert [s.cuda_visible_devices for s in detect_slots("auto")] == ["0", "1"]
+
+
+def test_an_interrupted_job_is_resumed_first_when_new_games_arrived_meanwhile(
+    make_daemon,  # type: ignore[no-untyped-def]
+) -> None:
+    # Issue 14: threshold 10, 12 games, a job starts, SIGTERM, 3 more games arrive,
+    # restart: the interrupted job (1..12) runs again from its resume point, not a new
+    # job over 1..15 from scratch; the 3 stay new for the next one.
+    daemon = make_daemon("ok", "  square8_2p: {threshold: 10}\n", seconds=3)
+    daemon.start()
+    write_games(daemon, "square8", 2, 0, 12)
+    status = daemon.wait_until(
+        lambda s: (config(s, "square8_2p")["job"] or {}).get("step") is not None
+    )
+    job_id = config(status, "square8_2p")["job"]["id"]
+    assert job_id == "square8_2p-000000001-000000012"
+    assert daemon.stop(signal.SIGTERM) == 0
+    folder = daemon.folder / "var" / "jobs" / job_id
+    assert (folder / "resume.marker").exists()  # the fake trainer's resume.pt
+    write_games(daemon, "square8", 2, 100, 3, name="b")
+    daemon.start()
+    status = daemon.wait_until(
+        lambda s: config(s, "square8_2p")["trained_through"] == 12, timeout=40
+    )
+    row = config(status, "square8_2p")
+    assert row["new_games"] == 3 and row["total_games"] == 15 and row["state"] == "idle"
+    [job] = jobs(daemon)
+    assert job["id"] == job_id and job["state"] == "succeeded" and job["attempts"] == 2
+    runs = (folder / "runs.log").read_text().splitlines()
+    assert [r.split()[2:] for r in runs] == [["1", "12"], ["1", "12"]]
+    starts = [
+        json.loads(line)
+        for line in (folder / "events.jsonl").read_text().splitlines()
+        if json.loads(line)["event"] == "start"
+    ]
+    assert [s["resumed"] for s in starts] == [False, True]
+    # A success shows its final step, not the last sampled one.
+    assert (job["progress"]["step"], job["progress"]["total_steps"]) == (10, 10)
+    listed = ringd("jobs", "--socket", str(daemon.socket))
+    assert "10/10" in listed.stdout
+    # The daemon's own stop is routine: the interrupted job is logged at info, not error.
+    finished = [
+        json.loads(line)
+        for line in daemon.log.read_text().splitlines()
+        if line.startswith("{") and '"job finished"' in line
+    ]
+    assert [(f["state"], f["level"]) for f in finished] == [
+        ("interrupted", "info"),
+        ("succeeded", "info"),
+    ]

@@ -80,6 +80,18 @@ def test_wrong_types_are_errors(tmp_path: Path) -> None:
     assert errors[2].startswith(f"{tmp_path / 'ringd.yaml'}:5: training.enabled:")
 
 
+@pytest.mark.parametrize("value", ["true", '"100"', "10.0", "1e3"])
+def test_a_threshold_is_an_integer_not_a_bool_string_or_float(tmp_path: Path, value: str) -> None:
+    # Lax validation took `true` as 1, "100" as 100 and 10.0 as 10 (issue 14).
+    errors = errors_of(tmp_path, f"configs:\n  square8_2p: {{threshold: {value}}}\n")
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        f"{tmp_path / 'ringd.yaml'}:2: configs.square8_2p.threshold: input should be a valid integer"
+    )
+    keep = errors_of(tmp_path, "models:\n  keep: true\n")
+    assert "models.keep: input should be a valid integer" in keep[0]
+
+
 def test_config_names_must_be_board_underscore_players_p(tmp_path: Path) -> None:
     errors = errors_of(
         tmp_path,

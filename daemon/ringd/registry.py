@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
-import platform
 import sys
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ringd import childsetup
 from ringd.ledger import CheckpointRow, Ledger
 
 SUFFIXES = (".pt", ".pth")
@@ -199,13 +198,13 @@ async def _validate_batch(batch: list[str]) -> list[dict[str, Any]]:
     verdicts: list[dict[str, Any]] = []
     while batch:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ringd.train.validate",
-            *batch,
+            # Nice 19 and the idle I/O class, so validation never slows training,
+            # ingest or selfplay on the same disks; set in the child (ringd.childsetup).
+            *childsetup.wrap(
+                [sys.executable, "-m", "ringd.train.validate", *batch], nice=19, idle_io=True
+            ),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_lowest_priority,
         )
         out, err = await process.communicate()
         done = []
@@ -244,18 +243,6 @@ def _last_line(err: bytes) -> str:
 
 class ValidatorFailed(Exception):
     """The validating child process failed (its files stay pending and are retried)."""
-
-
-def _lowest_priority() -> None:
-    # In the child: nice 19 and the idle I/O class, so validation never slows
-    # training, ingest or selfplay on the same disks.
-    os.nice(19)
-    IOPRIO_WHO_PROCESS, IOPRIO_CLASS_IDLE, IOPRIO_CLASS_SHIFT = 1, 3, 13
-    number = {"x86_64": 251, "aarch64": 30}.get(platform.machine())  # ioprio_set
-    if number is not None:
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.syscall(number, IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT)
 
 
 def _walk(root: Path) -> Iterator[str]:

@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -85,19 +86,22 @@ class _Model(BaseModel):
 
 
 class WatchSettings(_Model):
-    roots: list[ConfigPath] = Field(default_factory=lambda: [Path("data/selfplay")])
-    debounce_ms: int = Field(default=50, ge=0, le=60_000)
+    # validate_default: the default resolves against the config file's folder too.
+    roots: list[ConfigPath] = Field(
+        default_factory=lambda: [Path("data/selfplay")], validate_default=True
+    )
+    debounce_ms: StrictInt = Field(default=50, ge=0, le=60_000)
     rescan_interval_s: float = Field(default=60.0, gt=0)
     # inotify sees no writes made by other NFS clients; polling does.
     force_polling: bool = False
-    max_line_bytes: int = Field(default=DEFAULT_MAX_LINE_BYTES, ge=1024)
+    max_line_bytes: StrictInt = Field(default=DEFAULT_MAX_LINE_BYTES, ge=1024)
 
 
 class RamdiskMapping(_Model):
     source: ConfigPath
     target: ConfigPath
     # A game is fsynced to the target within this long of its newline.
-    flush_interval_ms: int = Field(default=500, ge=1, le=60_000)
+    flush_interval_ms: StrictInt = Field(default=500, ge=1, le=60_000)
     # A full pass over the source tree catches what watch events miss.
     sweep_interval_s: float = Field(default=5.0, gt=0)
     # Free RAM: delete sources fully copied and unchanged this long (off by default).
@@ -133,8 +137,8 @@ Devices = Annotated[Literal["auto", "cpu"] | list[int], BeforeValidator(_check_d
 class WindowSettings(_Model):
     """How many of a config's most recent games a job trains on (a KataGo-like taper)."""
 
-    min_games: int = Field(default=10_000, ge=1)
-    max_games: int = Field(default=500_000, ge=1)
+    min_games: StrictInt = Field(default=10_000, ge=1)
+    max_games: StrictInt = Field(default=500_000, ge=1)
     alpha: float = Field(default=0.75, gt=0, le=1)
     beta: float = Field(default=0.4, gt=0)
 
@@ -166,7 +170,8 @@ class TrainingSettings(_Model):
 
 
 class ConfigEntry(_Model):
-    threshold: int = Field(ge=1)
+    # Strict: `true`, "100" and 10.0 are not thresholds (lax mode took them as 1, 100, 10).
+    threshold: StrictInt = Field(ge=1)
 
 
 def _check_loopback(value: str) -> str:
@@ -189,11 +194,11 @@ class ModelsSettings(_Model):
     # Also register *.pt / *.pth below these (ringd never removes files it did not write).
     dirs: list[ConfigPath] = Field(default_factory=list)
     # Per config, the newest `keep` validated checkpoints of ringd's own are kept...
-    keep: int = Field(default=5, ge=1)
+    keep: StrictInt = Field(default=5, ge=1)
     # ...and older ones deleted only with `delete_old` (pinned ones never).
     retention: Literal["keep_all", "delete_old"] = "keep_all"
     # Child processes validating new or changed files at once (lowest I/O priority).
-    validate_concurrency: int = Field(default=1, ge=1, le=16)
+    validate_concurrency: StrictInt = Field(default=1, ge=1, le=16)
 
 
 class ControlSettings(_Model):
@@ -210,7 +215,7 @@ class ControlSettings(_Model):
 
 
 class Settings(_Model):
-    state_dir: ConfigPath = Path("var/ringd")
+    state_dir: ConfigPath = Field(default=Path("var/ringd"), validate_default=True)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     ramdisk: list[RamdiskMapping] = Field(default_factory=list)
     records: RecordSettings = Field(default_factory=RecordSettings)
@@ -218,6 +223,16 @@ class Settings(_Model):
     control: ControlSettings = Field(default_factory=ControlSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     configs: dict[ConfigName, ConfigEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validate_default_sections(cls, data: Any) -> Any:
+        # pydantic does not validate a default: an absent `watch:` section would keep
+        # its relative default root as it stands (resolved later against the cwd).
+        # Validating `{}` resolves it against the config file's folder.
+        if isinstance(data, dict) and "watch" not in data:
+            return {**data, "watch": {}}
+        return data
 
     @property
     def ledger_path(self) -> Path:
@@ -256,6 +271,31 @@ def load_settings(path: Path | str) -> Settings:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"{path}: cannot read: {e}"]) from None
     return parse_settings(text, path)
+
+
+def find_socket(path: Path | str) -> Path:
+    """The control socket a config file names, reading only `state_dir` and
+    `control.socket` (leniently): clients find a daemon whose config file has
+    since been broken by an edit. ConfigError if even those cannot be read."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read: {e}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: invalid YAML, no socket to be found: {e}"]) from None
+    data = data if isinstance(data, dict) else {}
+    control = data.get("control")
+    socket = control.get("socket") if isinstance(control, dict) else None
+    state_dir = data.get("state_dir")
+    base = path.resolve().parent
+    if isinstance(socket, str) and socket:
+        return Path(os.path.normpath(base / Path(socket).expanduser()))
+    if not isinstance(state_dir, str) or not state_dir:
+        state_dir = str(Settings.model_fields["state_dir"].default)
+    return Path(os.path.normpath(base / Path(state_dir).expanduser())) / "ringd.sock"
 
 
 def parse_settings(text: str, path: Path) -> Settings:

@@ -5,6 +5,7 @@ The daemon and `ringd scan` build it; the CLI renders it (`ringd.cli.render`).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class JobProgress(BaseModel):
     loss: float | None = None
     samples_per_s: float | None = None
     eta_s: float | None = None
+    gpu_util: float | None = None  # percent (CUDA with NVML only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,37 @@ class RamdiskStatus(BaseModel):
     failing: dict[str, str]
 
 
+UNREADABLE_SHOWN = 10
+# The scan's problems that hide games (scan.py's messages: "PATH: cannot ...").
+_UNREADABLE = re.compile(r"^(?P<path>.*?): (?P<reason>cannot (?:list|stat|read|re-key)\b.*)$", re.S)
+
+
+class UnreadablePath(BaseModel):
+    path: str
+    reason: str
+
+
+class Unreadable(BaseModel):
+    """Files and directories below the watched roots that cannot be read (permissions,
+    I/O errors): the games in them are not counted until they can be."""
+
+    count: int = 0
+    first: list[UnreadablePath] = []  # the first UNREADABLE_SHOWN, by path
+
+    @classmethod
+    def of(cls, problems: Mapping[str, str]) -> Unreadable:
+        """From {path: reason}."""
+        shown = [UnreadablePath(path=p, reason=problems[p]) for p in sorted(problems)]
+        return cls(count=len(problems), first=shown[:UNREADABLE_SHOWN])
+
+
+def unreadable_problem(error: str) -> tuple[str, str] | None:
+    """(path, reason) of a scan error that hides games; None for other problems (a root
+    that does not exist yet, a symlink loop)."""
+    match = _UNREADABLE.match(error)
+    return (match["path"], match["reason"]) if match else None
+
+
 class Status(BaseModel):
     configs: list[ConfigStatus]
     total_games: int
@@ -86,6 +119,9 @@ class Status(BaseModel):
     config_error: str | None
     config_file: str | None
     generated_at: float
+    # Why no training job can start (the daemon's trainer preflight), with what to install.
+    trainer_unavailable: str | None = None
+    unreadable: Unreadable = Unreadable()  # paths below the roots that cannot be read
     daemon: dict[str, object] | None = None  # pid, version, started_at, ready (daemon only)
     ramdisk: list[RamdiskStatus] = []  # the RAM-disk flusher's mappings (daemon only)
 
@@ -163,6 +199,8 @@ def status_line(status: Status, limit: int = 8) -> str:
         key=lambda r: (-r.new_games / (r.threshold or 1), r.name),
     )
     text = ", ".join(f"{r.name} {progress_label(r)}" for r in rows[:limit])
+    if status.trainer_unavailable:
+        text = "trainer unavailable; " + text
     if status.config_error:
         text = f"config error: {status.config_error.splitlines()[0]}; " + text
     return text or f"{status.total_games} games"

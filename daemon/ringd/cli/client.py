@@ -62,7 +62,11 @@ def _body(response: http.client.HTTPResponse, url: str) -> bytes:
     try:
         message = json.loads(body)["error"]
     except (ValueError, KeyError, TypeError):
-        message = f"{url}: HTTP {response.status}: {body[:200]!r}"
+        # Not one of the daemon's own answers (those are {"error": ...}): no such endpoint.
+        text = body.decode(errors="replace").strip()[:200]
+        message = f"the daemon answered {url} with {response.status} {response.reason}" + (
+            f" ({text})" if text and text != f"{response.status}: {response.reason}" else ""
+        )
     raise Refused(message)
 
 
@@ -71,8 +75,22 @@ def get_json(path: Path, url: str, timeout: float = 5.0) -> Any:
     return json.loads(get(path, url, timeout))
 
 
+# The last line of the event stream when the daemon stops normally (control.py).
+STREAM_END = "daemon_stopping"
+
+
 def follow(path: Path, url: str = "/v1/events") -> Iterator[dict[str, Any]]:
-    """Each JSON line of a streaming endpoint, as it arrives."""
+    """Each JSON line of a streaming endpoint, as it arrives, until the daemon says it
+    stops; a stream that breaks off before (the daemon was killed) is DaemonUnavailable."""
     response = _request(path, "GET", url, timeout=3600 * 24)
-    while line := response.readline():
-        yield json.loads(line)
+    try:
+        while line := response.readline():
+            event = json.loads(line)
+            yield event
+            if event.get("event") == STREAM_END:
+                return
+    except (OSError, http.client.HTTPException) as e:
+        raise DaemonUnavailable(f"the event stream from {path} broke off ({e!r})") from None
+    raise DaemonUnavailable(
+        f"the event stream from {path} broke off: the daemon died without stopping"
+    )

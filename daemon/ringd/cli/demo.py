@@ -59,6 +59,8 @@ def run_demo(
         if not _wait_for_daemon(settings.socket_path, daemon):
             console.print(f"[red]the daemon did not start; see {folder / 'ringd.log'}[/]")
             return 1
+        # Games already in the ledger: a demo run before this one in the same folder.
+        before = _status(settings.socket_path).total_games
         console.print(
             f"ringd demo: daemon pid {daemon.pid} on {settings.socket_path}; {writers} selfplay "
             f"writers at {rate:g} games/s into {settings.watch.roots[0]}"
@@ -82,12 +84,26 @@ def run_demo(
         # Every game the writers finished is counted: wait for the last ones.
         status = _status(settings.socket_path)
         deadline = time.monotonic() + 10
-        while written is not None and status.total_games < written and time.monotonic() < deadline:
+        while (
+            written is not None
+            and status.total_games - before < written
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
             status = _status(settings.socket_path)
         console.print(view(status))
         if written is not None:
-            console.print(f"writers wrote {written:,} games; ringd counted {status.total_games:,}")
+            console.print(
+                f"writers wrote {written:,} games; ringd counted {status.total_games - before:,} "
+                "new games"
+                + (
+                    f" ({status.total_games:,} in all: {before:,} from earlier demo runs in "
+                    f"{folder})"
+                    if before
+                    else ""
+                ),
+                soft_wrap=True,
+            )
         console.print(
             f"ledger and daemon log are in {folder}; `ringd scan --config {config}` "
             "shows the counts again",

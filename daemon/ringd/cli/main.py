@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import urllib.parse
@@ -16,11 +17,11 @@ from rich.live import Live
 
 from ringd import __version__
 from ringd.cli import client
-from ringd.cli.render import ScanProgress, jobs_view, models_view, view
+from ringd.cli.render import ScanProgress, count, jobs_view, models_view, view
 from ringd.ledger import Ledger, LedgerError
 from ringd.scan import scan
-from ringd.settings import ConfigError, Settings, load_settings
-from ringd.status import Status, build_status
+from ringd.settings import ConfigError, Settings, find_socket, load_settings
+from ringd.status import Status, Unreadable, build_status, unreadable_problem
 
 DEFAULT_CONFIG = "/etc/ringd/ringd.yaml"
 
@@ -36,9 +37,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `ringd schema | head -1`: the reader left. Leave quietly, as a C tool killed by
+        # SIGPIPE would, and point stdout at /dev/null: Python flushes it again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,12 +91,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     _daemon_args(p, config_help, socket_help)
     p.add_argument("--json", action="store_true", help="print the status JSON instead")
-    p.add_argument("--watch", action="store_true", help="refresh the table every second")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh the table every --interval; not on a terminal (or with --json): "
+        "print one snapshot per interval (with --json, one JSON object per line)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between refreshes with --watch (default: %(default)s)",
+    )
     p.set_defaults(handler=_cmd_status)
 
     p = sub.add_parser(
         "events",
         help="follow the daemon's event stream (JSON lines: games, files, rejects, reloads)",
+        description=(
+            "Print the daemon's events as JSON lines as they happen. Exit 0 when the daemon "
+            "stops normally, 2 when it cannot be reached or its stream breaks off (the "
+            "daemon died)."
+        ),
     )
     _daemon_args(p, config_help, socket_help)
     p.set_defaults(handler=_cmd_events)
@@ -125,10 +152,12 @@ def _parser() -> argparse.ArgumentParser:
     models = p.add_subparsers(title="actions", metavar="ACTION")
     q = models.add_parser("validate", help="validate again: PATH, or every checkpoint")
     q.add_argument("path", nargs="?", metavar="PATH")
+    _daemon_args(q, config_help, socket_help, after_subcommand=True)
     q.set_defaults(handler=_cmd_models_validate)
     q = models.add_parser("pin", help="never remove PATH by retention (--unpin to undo)")
     q.add_argument("path", metavar="PATH")
     q.add_argument("--unpin", action="store_true")
+    _daemon_args(q, config_help, socket_help, after_subcommand=True)
     q.set_defaults(handler=_cmd_models_pin)
 
     p = sub.add_parser("logs", help="print a training job's log (the trainer's stderr)")
@@ -172,11 +201,13 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="run simulated selfplay and ringd together on a demo tree",
         description=(
-            "Create DIR (default ./ringd-demo) with a demo configuration (all twelve "
-            "configurations, tiny thresholds), start simulated selfplay writers there and "
-            "run the ringd daemon on it, showing its live table of +N/threshold while they "
+            "Create DIR (default ./ringd-demo) with a demo configuration (two "
+            "configurations, square8_2p and hex8_2p, with tiny thresholds and a tiny "
+            "network trained on the CPU), start simulated selfplay writers there and run "
+            "the ringd daemon on it, showing its live table of +N/threshold while they "
             "write. Ctrl-C (or --duration) stops the writers, shows the final count and "
-            "stops the daemon; the ledger stays in DIR."
+            "stops the daemon; the ledger stays in DIR, so a second run in DIR counts on "
+            "from the first."
         ),
     )
     p.add_argument(
@@ -199,10 +230,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _daemon_args(p: argparse.ArgumentParser, config_help: str, socket_help: str) -> None:
-    """--config and --socket: how a command finds the running daemon."""
-    p.add_argument("--config", type=Path, help=config_help)
-    p.add_argument("--socket", type=Path, help=socket_help)
+def _daemon_args(
+    p: argparse.ArgumentParser, config_help: str, socket_help: str, after_subcommand: bool = False
+) -> None:
+    """--config and --socket: how a command finds the running daemon.
+
+    `after_subcommand`: a sub-subcommand's copy (`ringd models validate --config X`);
+    left out, it must not overwrite what was given before the subcommand.
+    """
+    default = argparse.SUPPRESS if after_subcommand else None
+    p.add_argument("--config", type=Path, help=config_help, default=default)
+    p.add_argument("--socket", type=Path, help=socket_help, default=default)
 
 
 def _config_path(arg: Path | None) -> Path:
@@ -244,12 +282,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _socket_path(args: argparse.Namespace) -> Path | None:
+    """Where the daemon listens: --socket, $RINGD_SOCKET, or the config file's
+    `state_dir`/`control.socket`, read without validating the rest: a broken edit
+    of a live config must not lock the operator out of the daemon it could not
+    reconfigure (the daemon reports that error itself)."""
     if args.socket:
         return Path(args.socket)
     if args.config is None and (env := os.environ.get("RINGD_SOCKET")):
         return Path(env)
-    settings = _load(args.config)
-    return settings.socket_path if settings else None
+    config = _config_path(args.config)
+    try:
+        return find_socket(config)
+    except ConfigError as e:
+        _err(f"cannot find the daemon's socket:\n{e}")
+        return None
+
+
+def _config_error_note(args: argparse.Namespace, path: Path) -> None:
+    """The config file does not validate: say what the daemon made of it (on stderr)."""
+    if args.socket or (args.config is None and os.environ.get("RINGD_SOCKET")):
+        return
+    try:
+        load_settings(_config_path(args.config))
+    except ConfigError:
+        pass
+    else:
+        return
+    try:
+        error = client.get_json(path, "/v1/status").get("config_error")
+    except (client.DaemonUnavailable, client.Refused, ValueError):
+        return
+    if error:
+        _err(
+            "the daemon refused the config file's last edit and runs on its last good "
+            f"configuration:\n{error}"
+        )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -258,14 +325,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     console = _stdout()
     try:
-        if args.json:
+        if args.watch:
+            _watch_status(path, console, args.json, max(0.1, args.interval))
+        elif args.json:
             print(json.dumps(client.get_json(path, "/v1/status"), indent=2))
-        elif args.watch:
-            with Live(console=console, auto_refresh=False) as live:
-                while True:
-                    status = Status.model_validate(client.get_json(path, "/v1/status"))
-                    live.update(view(status), refresh=True)
-                    time.sleep(1.0)
         else:
             console.print(view(Status.model_validate(client.get_json(path, "/v1/status"))))
     except client.DaemonUnavailable as e:
@@ -274,11 +337,32 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _watch_status(path: Path, console: Console, as_json: bool, interval: float) -> None:
+    """A live table on a terminal; elsewhere (a pipe, a file, a log) one snapshot per
+    interval: the table and a blank line, or with --json one JSON object per line."""
+    if console.is_terminal and not as_json:
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                status = Status.model_validate(client.get_json(path, "/v1/status"))
+                live.update(view(status), refresh=True)
+                time.sleep(interval)
+    while True:
+        document = client.get_json(path, "/v1/status")
+        if as_json:
+            print(json.dumps(document), flush=True)
+        else:
+            console.print(view(Status.model_validate(document)))
+            console.print()
+            sys.stdout.flush()
+        time.sleep(interval)
+
+
 def _with_daemon(args: argparse.Namespace, action: Callable[[Path], int]) -> int:
     path = _socket_path(args)
     if path is None:
         return EXIT_UNAVAILABLE
     try:
+        _config_error_note(args, path)
         return action(path)
     except client.DaemonUnavailable as e:
         _err(f"{e}; is the daemon running? (systemctl status ringd, or ringd run --config FILE)")
@@ -347,9 +431,8 @@ def _cmd_models_pin(args: argparse.Namespace) -> int:
 
 def _cmd_logs(args: argparse.Namespace) -> int:
     def show(path: Path) -> int:
-        sys.stdout.write(
-            client.get(path, f"/v1/jobs/{args.job}/log", timeout=30).decode(errors="replace")
-        )
+        url = f"/v1/jobs/{urllib.parse.quote(args.job, safe='')}/log"
+        sys.stdout.write(client.get(path, url, timeout=30).decode(errors="replace"))
         return EXIT_OK
 
     return _with_daemon(args, show)
@@ -365,19 +448,27 @@ def _cmd_events(args: argparse.Namespace) -> int:
     except client.DaemonUnavailable as e:
         _err(f"{e}; is the daemon running?")
         return EXIT_UNAVAILABLE
+    _err("the daemon stopped")
     return EXIT_OK
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from ringd.configcheck import warnings
+
     try:
         settings = load_settings(args.file)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return EXIT_ERROR
     print(
-        f"OK: {args.file}: {len(settings.configs)} configurations, "
-        f"{len(settings.watch.roots)} watched roots, state in {settings.state_dir}"
+        f"OK: {args.file}: {count(len(settings.configs), 'configuration')}, "
+        f"{count(len(settings.watch.roots), 'watched root')}, state in {settings.state_dir}"
     )
+    # Valid, but it may not work: said on stderr, and the exit stays 0.
+    for warning in warnings(settings, args.file, args.file.read_text(errors="replace")):
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]warning:[/] {warning}", soft_wrap=True
+        )
     return EXIT_OK
 
 
@@ -399,6 +490,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             ledger.reject_counts(),
             config_file=str(_config_path(args.config)),
         )
+    problems = [p for e in report.errors if (p := unreadable_problem(e)) is not None]
+    status.unreadable = Unreadable.of(dict(problems))
     for error in report.errors:
         stderr.print(f"[yellow]warning:[/] {error}", highlight=False, soft_wrap=True)
     if args.json:
@@ -406,9 +499,9 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     else:
         _stdout().print(view(status))
         stderr.print(
-            f"[dim]scanned {report.files:,} files in {report.seconds:.2f}s: read "
+            f"[dim]scanned {count(report.files, 'file')} in {report.seconds:.2f}s: read "
             f"{report.bytes_read / 1e6:,.1f} MB from {report.files_read:,}, "
-            f"{report.new_total:,} new games[/]"
+            f"{count(report.new_total, 'new game')}[/]"
         )
     return EXIT_OK
 

@@ -25,6 +25,11 @@ from ringd.status import ConfigStatus, RamdiskStatus, Status, progress_label
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 
 
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """`1 file`, `2 files`, `1,204 games`."""
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
+
+
 def _bar(new: int, threshold: int | None, width: int = 20) -> Text:
     if threshold is None:
         return Text("·" * width, style="dim")
@@ -62,6 +67,15 @@ def view(status: Status) -> RenderableType:
             Text("config error (last good configuration in force):\n", style="bold red")
             + Text(status.config_error, style="red")
         )
+    if status.trainer_unavailable:
+        parts.append(
+            Text("trainer unavailable: ", style="bold red")
+            + Text(
+                f"{status.trainer_unavailable} (no training job starts until it is)", style="red"
+            )
+        )
+    if status.unreadable.count:
+        parts.append(_unreadable_lines(status))
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("config", no_wrap=True)
     table.add_column("new", justify="right", no_wrap=True)
@@ -85,11 +99,25 @@ def view(status: Status) -> RenderableType:
     rejects = ", ".join(f"{reason} {n:,}" for reason, n in status.rejects.items())
     parts.append(
         Text(
-            f"{status.total_games:,} games, {status.new_games:,} new, "
+            f"{count(status.total_games, 'game')}, {status.new_games:,} new, "
             f"{status.rejected_total:,} rejected" + (f" ({rejects})" if rejects else "")
         )
     )
     return Group(*parts)
+
+
+def _unreadable_lines(status: Status) -> Text:
+    u = status.unreadable
+    text = Text(
+        f"unreadable: {count(u.count, 'path')} below the watched roots cannot be read; "
+        "games in them are not counted:",
+        style="bold yellow",
+    )
+    for p in u.first:
+        text += Text(f"\n  {p.path}: {p.reason}", style="yellow")
+    if u.count > len(u.first):
+        text += Text(f"\n  ... and {u.count - len(u.first):,} more (see the log)", style="yellow")
+    return text
 
 
 def _state_text(row: ConfigStatus, now: float) -> Text:
@@ -121,8 +149,9 @@ def _ramdisk_line(m: RamdiskStatus, now: float) -> Text:
     if not m.source_present:
         return head + Text("source missing (targets kept as they are)", style="yellow")
     text = (
-        f"{m.files} files, {m.flushed_games:,} games flushed, last flush {_age(m.last_flush_at, now)}"
-        f", pending {m.pending_games:,} games ({m.pending_bytes:,} B)"
+        f"{count(m.files, 'file')}, {count(m.flushed_games, 'game')} flushed, "
+        f"last flush {_age(m.last_flush_at, now)}, "
+        f"pending {count(m.pending_games, 'game')} ({m.pending_bytes:,} B)"
     )
     line = head + Text(text)
     if m.oldest_pending_age_s is not None:

@@ -2,7 +2,7 @@
 
     GET /healthz      200 "ok"
     GET /v1/status    the status JSON (DESIGN.md), plus last game times and ingest rates
-    GET /v1/events    JSON lines, one per event, as they happen
+    GET /v1/events    JSON lines, one per event, as they happen; `daemon_stopping` last
     GET /metrics      Prometheus text
     GET /v1/jobs      recent training jobs, newest first
     GET /v1/jobs/ID/log                the job's log (stderr of the trainer)
@@ -34,6 +34,8 @@ from ringd.service.metrics import Metrics
 from ringd.status import Status
 
 SOCKET_MODE = 0o660
+# The event stream's last line when the daemon stops (ringd.cli.client knows it too).
+STREAM_END = "daemon_stopping"
 
 
 # sun_path holds 108 bytes, the last one a NUL.
@@ -173,7 +175,11 @@ class ControlServer:
             try:
                 await response.write(json.dumps(event.as_dict()).encode() + b"\n")
             except (ConnectionResetError, RuntimeError):
-                break
+                return response  # the follower left
+        # The bus closed: the daemon stops. A last line says so, so that a follower
+        # tells a clean stop from a daemon that died (its stream just breaks off).
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await response.write(json.dumps({"event": STREAM_END}).encode() + b"\n")
         return response
 
 

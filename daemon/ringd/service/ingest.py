@@ -10,6 +10,7 @@ with their sequence ranges, newly discovered files, rejects.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -36,6 +37,7 @@ from ringd.service.events import (
 from ringd.service.metrics import Metrics
 from ringd.service.waiting import wait_event
 from ringd.settings import WatchSettings
+from ringd.status import Unreadable, unreadable_problem
 
 T = TypeVar("T")
 log = structlog.get_logger("ringd.ingest")
@@ -64,6 +66,9 @@ class Ingest:
         # so the same games are read again by the next scan.
         self.errors = 0
         self.last_error: str | None = None
+        # Files and directories below the roots that cannot be read, {path: reason}:
+        # each scan replaces what it covers, a watch event's read adds or clears its file.
+        self._unreadable: dict[str, str] = {}
 
     def reconfigure(self, watch: WatchSettings, rules: Rules) -> None:
         """A reload changed `watch:` or `records:`: rescan at once (new roots, new
@@ -106,6 +111,7 @@ class Ingest:
             self._failed(e, reason=reason)
             return ScanReport(errors=[f"ledger write failed: {e}"])
         self._metrics.scan_duration.labels(reason).observe(report.seconds)
+        self._note_unreadable(roots, report.errors)
         for path in report.new_files:
             self._bus.publish(FileFound(path))
         self._publish(report.new_games, report.rejects)
@@ -137,7 +143,9 @@ class Ingest:
         for path, result in results:
             if isinstance(result, OSError):
                 log.warning("cannot read", file=path, error=str(result))
+                self._unreadable[path] = f"cannot read: {result.strerror or result}"
                 continue
+            self._unreadable.pop(path, None)
             if result.decision is Decision.NEW:
                 self._bus.publish(FileFound(path))
             if result.new_games and result.stat is not None:
@@ -168,6 +176,18 @@ class Ingest:
         if rejects:
             self._bus.publish(Rejected(rejects, file))
             log.warning("rejected lines", reasons=rejects, file=file)
+
+    def unreadable(self) -> Unreadable:
+        """What cannot be read below the roots (for the status)."""
+        return Unreadable.of(self._unreadable)
+
+    def _note_unreadable(self, roots: Sequence[Path | str], errors: Iterable[str]) -> None:
+        scanned = [os.path.join(os.path.normpath(r), "") for r in roots]
+        for path in [p for p in self._unreadable if (p + os.sep).startswith(tuple(scanned))]:
+            del self._unreadable[path]
+        for error in errors:
+            if (problem := unreadable_problem(error)) is not None:
+                self._unreadable[problem[0]] = problem[1]
 
     def _failed(self, error: sqlite3.Error, reason: str) -> None:
         self.errors += 1

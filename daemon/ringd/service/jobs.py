@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import json
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from ringd import childsetup
 from ringd.boards import split_config_name
 from ringd.fsutil import write_bytes_atomically
 from ringd.ledger import JobRow, Ledger
@@ -48,12 +48,13 @@ from ringd.train.protocol import (
     TrainerEvent,
     parse_event,
 )
-from ringd.train.spec import GameSpan, JobSpec
+from ringd.train.spec import GameSpan, JobSpec, SpecError, load_spec
 
 T = TypeVar("T")
 log = structlog.get_logger("ringd.jobs")
 PROGRESS_EVERY_S = 1.0
 STDERR_TAIL = 2000
+SHUTDOWN_REASON = "the daemon is stopping"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +158,16 @@ class JobRunner:
         with open(folder / "job.log", "ab") as stderr:
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *argv,
+                    # If the daemon dies (even by SIGKILL), the job gets SIGTERM, saves a
+                    # resumable checkpoint and exits, instead of training on as an orphan
+                    # beside the job the restarted daemon starts again. Set in the child
+                    # (ringd.childsetup), not by a preexec_fn in this threaded process.
+                    *childsetup.wrap(argv, die_with_parent=True),
                     stdout=asyncio.subprocess.PIPE,
                     stderr=stderr,
                     env=env,
                     cwd=folder,
                     start_new_session=True,  # its own group: signals reach its workers too
-                    preexec_fn=_die_with_parent,
                     limit=16 * 1024 * 1024,
                 )
             except OSError as e:
@@ -219,6 +223,11 @@ class JobRunner:
         code = process.returncode
         state, error = _outcome(code, running.stop_reason, events, folder)
         checkpoint, sha = events.final_checkpoint()
+        # The progress is sampled once a second: keep the last one seen, and a success
+        # at its final step (not at the sample before it).
+        progress = _final_progress(running.progress, events.done if state == "succeeded" else None)
+        if progress:
+            await self.db(functools.partial(Ledger.job_progress, job_id=job.id, progress=progress))
         await self.db(
             lambda db: db.finish_job(
                 job.id,
@@ -231,7 +240,13 @@ class JobRunner:
         )
         self.running.pop(job.id, None)
         seconds = time.time() - running.started
-        (log.info if state == "succeeded" else log.error)(
+        # A job the daemon's own stop interrupted is routine (it resumes after the
+        # restart); other interruptions (a removed config) are worth a look; failures are errors.
+        if state == "succeeded" or running.stop_reason == SHUTDOWN_REASON:
+            report = log.info
+        else:
+            report = log.warning if state == "interrupted" else log.error
+        report(
             "job finished",
             job=job.id,
             config=job.config,
@@ -305,7 +320,7 @@ class JobRunner:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def stop_all(self, reason: str = "the daemon is stopping") -> None:
+    async def stop_all(self, reason: str = SHUTDOWN_REASON) -> None:
         """SIGTERM every job, wait their grace (they save resumable checkpoints), record them."""
         for job_id in list(self.running):
             self.cancel(job_id, reason)
@@ -349,6 +364,9 @@ def _plan(
     last = db.max_seq(config)
     if last < first:
         return None
+    resumed = _resume_interrupted(db, config, first, triggered, device, state_dir)
+    if resumed is not None:
+        return resumed
     new_games = db.count_between(config, first, last)
     total = db.total(config)
     w = training.window
@@ -384,6 +402,60 @@ def _plan(
         hyper=training.hyper,
     )
     return job, spec
+
+
+def _resume_interrupted(
+    db: Ledger, config: str, first: int, triggered: bool, device: str, state_dir: Path
+) -> tuple[JobRow, JobSpec] | None:
+    """The config's interrupted job, to run again as it was, if it is the one to resume.
+
+    A job interrupted by a stop or crash of the daemon (or a removed config) runs
+    again first: its range, its id and folder, and its spec as written, so the
+    trainer finds its `resume.pt` and goes on from there, even when new games
+    arrived meanwhile. Its games stay new until it succeeds; the ones that came
+    after it stay new for the next job.
+
+    Why not carry its resume.pt into a new job over all new games: a checkpoint
+    resumes only the spec it was made for (the training fingerprint covers the
+    window's game keys, the seed, the hyperparameters and the job id), and the
+    optimizer state and LR schedule of a half-trained run belong to its own range
+    and step count; grafting them onto a larger window would train neither the
+    old schedule nor a fresh one. Finishing the interrupted range first keeps
+    every job's training reproducible from its spec, and loses no work.
+    """
+    recent = db.jobs(limit=1, config=config)
+    if not recent or recent[0].state != "interrupted" or recent[0].first_seq != first:
+        return None
+    job = recent[0]
+    spec_path = state_dir / "jobs" / job.id / "spec.json"
+    try:
+        spec = load_spec(spec_path.read_bytes())
+    except (OSError, SpecError) as e:
+        log.warning("cannot resume the interrupted job; a new one starts", job=job.id, error=str(e))
+        return None
+    if spec.init_checkpoint is not None and not os.path.exists(spec.init_checkpoint):
+        log.warning(
+            "the interrupted job's starting checkpoint is gone; a new job starts",
+            job=job.id,
+            init_checkpoint=spec.init_checkpoint,
+        )
+        return None
+    job = db.create_job(job.id, config, job.first_seq, job.last_seq, job.games, triggered)
+    if job.state == "succeeded":
+        return None
+    # The slot may be another one now: the device is not part of what is trained.
+    return job, spec.model_copy(update={"device": device})
+
+
+def _final_progress(progress: dict[str, Any], done: DoneEvent | None) -> dict[str, Any]:
+    """The job's last progress; for a success, at its last step."""
+    if done is None:
+        return progress
+    total = progress.get("total_steps") or done.steps
+    step = done.steps if done.steps is not None else total
+    if step is None:
+        return progress
+    return {**progress, "step": step, "total_steps": total or step, "eta_s": 0.0}
 
 
 def _warm_start(latest: Path, training: TrainingSettings) -> str | None:
@@ -468,15 +540,6 @@ def _tail(path: Path) -> str:
     except OSError:
         return ""
     return text.splitlines()[-1] if text else "(no output)"
-
-
-def _die_with_parent() -> None:
-    # In the child, before exec: if the daemon dies (even by SIGKILL), the job gets
-    # SIGTERM, saves a resumable checkpoint and exits, instead of training on as
-    # an orphan beside the job the restarted daemon starts again.
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 async def _stop_leftover(pid_file: Path, spec_path: Path, grace_s: float) -> None:

@@ -54,6 +54,86 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+_STATES = ("unconfigured", "idle", "ready", "training", "backoff", "paused")
+
+
+def _operations_metrics(status: Status) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """What dashboards and alerts watch (contrib/): states, jobs, ingest health, RAM disks."""
+    state = GaugeMetricFamily(
+        "ringd_config_state",
+        "1 for the state each config is in (idle, ready, training, backoff, paused, unconfigured)",
+        labels=["config", "state"],
+    )
+    last_game = GaugeMetricFamily(
+        "ringd_last_game_timestamp_seconds",
+        "When the newest game of each config was counted",
+        labels=["config"],
+    )
+    samples = GaugeMetricFamily(
+        "ringd_job_samples_per_second",
+        "Training throughput of each running job",
+        labels=["config", "slot"],
+    )
+    gpu = GaugeMetricFamily(
+        "ringd_job_gpu_utilization_percent",
+        "GPU utilisation of each running job's device (NVML)",
+        labels=["config", "slot"],
+    )
+    job_progress = GaugeMetricFamily(
+        "ringd_job_progress_ratio", "Steps done / total of each running job", labels=["config"]
+    )
+    for row in status.configs:
+        for name in _STATES:
+            state.add_metric([row.name, name], 1 if row.state == name else 0)
+        if row.last_game_at is not None:
+            last_game.add_metric([row.name], row.last_game_at)
+        job = row.job
+        if job is not None:
+            slot = job.slot or ""
+            if job.samples_per_s is not None:
+                samples.add_metric([row.name, slot], job.samples_per_s)
+            if job.gpu_util is not None:
+                gpu.add_metric([row.name, slot], job.gpu_util)
+            if job.step is not None and job.total_steps:
+                job_progress.add_metric([row.name], job.step / job.total_steps)
+    trainer = GaugeMetricFamily(
+        "ringd_trainer_available",
+        "0 while the trainer preflight fails (no training job can start)",
+    )
+    trainer.add_metric([], 0 if status.trainer_unavailable else 1)
+    unreadable = GaugeMetricFamily(
+        "ringd_unreadable_paths",
+        "Files and directories below the watched roots that cannot be read",
+    )
+    unreadable.add_metric([], status.unreadable.count)
+    daemon = status.daemon or {}
+    ingest_errors = CounterMetricFamily(
+        "ringd_ingest_errors",
+        "Ledger writes of ingest that failed (disk full, I/O error) and were retried",
+    )
+    errors = daemon.get("ingest_errors")
+    ingest_errors.add_metric([], errors if isinstance(errors, int) else 0)
+    oldest = GaugeMetricFamily(
+        "ringd_ramdisk_oldest_unflushed_seconds",
+        "Age of the oldest RAM-disk game not yet on persistent storage (0: none pending)",
+        labels=["source"],
+    )
+    pending = GaugeMetricFamily(
+        "ringd_ramdisk_pending_games",
+        "RAM-disk games not yet on persistent storage",
+        labels=["source"],
+    )
+    ramdisk_errors = CounterMetricFamily(
+        "ringd_ramdisk_write_errors", "Failed writes to a RAM-disk target", labels=["source"]
+    )
+    for m in status.ramdisk:
+        oldest.add_metric([m.source], m.oldest_pending_age_s or 0.0)
+        pending.add_metric([m.source], m.pending_games)
+        ramdisk_errors.add_metric([m.source], m.errors)
+    yield from (state, last_game, samples, gpu, job_progress, trainer, unreadable)
+    yield from (ingest_errors, oldest, pending, ramdisk_errors)
+
+
 class _StatusCollector(Collector):
     """Per-config counts straight from the status document at scrape time."""
 
@@ -83,4 +163,5 @@ class _StatusCollector(Collector):
             "ringd_config_error", "1 while an invalid config edit is refused"
         )
         config_error.add_metric([], 1 if status.config_error else 0)
+        yield from _operations_metrics(status)
         yield from (games, new, threshold, rejects, config_error)

@@ -9,6 +9,7 @@ actions and every second, and hands the starts and cancels to the job runner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import structlog
@@ -20,12 +21,15 @@ from ringd.service.errors import OperatorError
 from ringd.service.events import EventBus, GamesAdded, JobFinished
 from ringd.service.jobs import JobRunner, RunningJob, Slot
 from ringd.service.metrics import Metrics
+from ringd.service.preflight import check_trainer
 from ringd.service.waiting import wait_event
 from ringd.settings import Settings
 from ringd.status import JobProgress, Scheduling
 
 log = structlog.get_logger("ringd.scheduler")
 SCHEDULE_EVERY_S = 1.0
+# While the trainer is unavailable, look again this often (an operator may install it).
+PREFLIGHT_RETRY_S = 60.0
 
 
 class Scheduler:
@@ -48,12 +52,41 @@ class Scheduler:
         self._triggers: set[str] = set()
         self._decision = Decision()
         self._ready_since: dict[str, float] = {}
+        # Trainer preflight (at start, on reload): no job starts before it passed.
+        self.trainer_error: str | None = None
+        self._trainer_checked = False
+        self._trainer_checked_at = 0.0
+        self._preflight: asyncio.Task[None] | None = None
 
     def reconfigure(self, settings: Settings) -> None:
         """A reload: thresholds and training settings apply at the next decision."""
         self.settings = settings
         self._runner.settings = settings
+        self.check_trainer()
         self._wake.set()
+
+    def check_trainer(self) -> None:
+        """Check in a child process, in the background, that the trainer can start."""
+        if self._preflight is not None:
+            self._preflight.cancel()
+        if not self.settings.training.enabled:
+            self.trainer_error, self._trainer_checked = None, True
+            return
+        self._trainer_checked_at = time.monotonic()
+        self._preflight = asyncio.create_task(self._check_trainer(self.settings.training.command))
+
+    async def _check_trainer(self, command: list[str] | None) -> None:
+        error = await check_trainer(command)
+        if error is not None and error != self.trainer_error:
+            log.error("trainer unavailable: no job starts until it is", error=error)
+        elif error is None and self.trainer_error is not None:
+            log.info("trainer available again")
+        self.trainer_error, self._trainer_checked = error, True
+        self._wake.set()
+
+    @property
+    def trainer_available(self) -> bool:
+        return self._trainer_checked and self.trainer_error is None
 
     async def run(self) -> None:
         """Decide on new games, finished jobs, operator actions, and every second."""
@@ -62,9 +95,19 @@ class Scheduler:
             while True:
                 await wait_event(self._wake, SCHEDULE_EVERY_S)
                 self._wake.clear()
+                if (
+                    self.trainer_error is not None
+                    and time.monotonic() - self._trainer_checked_at >= PREFLIGHT_RETRY_S
+                    and (self._preflight is None or self._preflight.done())
+                ):
+                    self.check_trainer()
                 await self.schedule_once()
         finally:
             follower.cancel()
+            if self._preflight is not None:
+                self._preflight.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._preflight
 
     async def _follow(self) -> None:
         async for event in self._bus.follow():
@@ -74,7 +117,7 @@ class Scheduler:
     async def schedule_once(self) -> None:
         training = self.settings.training
         policy = Policy(
-            enabled=training.enabled,
+            enabled=training.enabled and self.trainer_available,
             min_interval_s=training.min_interval_s,
             backoff_base_s=training.backoff_base_s,
             backoff_cap_s=training.backoff_cap_s,
@@ -151,6 +194,8 @@ class Scheduler:
             raise OperatorError(409, f"{config} is paused: `ringd resume {config}` first")
         if not self.settings.training.enabled:
             raise OperatorError(409, "training is disabled (training.enabled: false)")
+        if self.trainer_error is not None:
+            raise OperatorError(409, f"trainer unavailable: {self.trainer_error}")
         if view.new_games == 0:
             raise OperatorError(409, f"{config} has no new games to train on")
         if self._training(config):
@@ -197,4 +242,5 @@ def _job_progress(running: RunningJob) -> JobProgress:
         loss=number("loss"),
         samples_per_s=number("samples_per_s"),
         eta_s=number("eta_s"),
+        gpu_util=number("gpu_util"),
     )

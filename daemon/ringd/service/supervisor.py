@@ -143,6 +143,7 @@ class Supervisor:
         )
         await s.ingest.scan(self.settings.watch.roots, "start")
         await s.runner.recover()
+        s.scheduler.check_trainer()  # in the background; no job starts before it passed
         await s.scheduler.schedule_once()
         self.ready.set()
         status = self.status()
@@ -185,7 +186,7 @@ class Supervisor:
 
     def status(self) -> Status:
         s = self.stages
-        return build_status(
+        status = build_status(
             self._reader.config_counts(),
             self.settings,
             self._reader.reject_counts(),
@@ -205,6 +206,9 @@ class Supervisor:
                 "last_ingest_error": s.ingest.last_error,
             },
         )
+        status.trainer_unavailable = s.scheduler.trainer_error
+        status.unreadable = s.ingest.unreadable()
+        return status
 
     async def _report_status(self) -> None:
         """systemd's STATUS line follows new games, at most once a second."""
