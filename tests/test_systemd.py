@@ -55,3 +55,10 @@ def test_the_unit_is_a_notify_service_with_reload_watchdog_and_gpu_access() -> N
     assert "Service.PrivateDevices" not in lines, "PrivateDevices hides /dev/nvidia*"
     assert any(v.startswith("char-nvidia-frontend") for v in lines["Service.DeviceAllow"])
     assert "Service.MemoryDenyWriteExecute" not in lines
+
+
+def test_documentation_names_nothing_that_an_install_lacks() -> None:
+    # It named file:///opt/ringd/README.md, which pip never installs (issue 14).
+    for uri in unit_lines().get("Unit.Documentation", []):
+        for one in uri.split():
+            assert one.startswith(("https://", "http://", "man:")), one
