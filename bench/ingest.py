@@ -30,7 +30,7 @@ GAMES_PER_FILE = 400
 
 def corpus(folder: Path, gb: float) -> tuple[list[str], int, int]:
     marker = folder / "corpus.json"
-    want = {"gb": gb, "games_per_file": GAMES_PER_FILE, "version": 1}
+    want = {"gb": gb, "games_per_file": GAMES_PER_FILE, "version": 2}  # 2: ids in the moves
     if marker.exists() and json.loads(marker.read_text()).get("want") == want:
         meta = json.loads(marker.read_text())
     else:
