@@ -16,6 +16,7 @@ from typing import Any
 
 import xxhash
 
+from harness import DaemonProcess, write_config
 from ringd.cursor import fingerprint
 from ringd.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger
 from ringd.records import Game, Rules, content_key, parse_line
@@ -137,7 +138,7 @@ def test_a_schema_3_ledger_keeps_its_counts_and_re_keys_what_it_can_read(
     os.rename(root / "moved.jsonl", root / "archive" / "moved.jsonl")
 
     with Ledger(db) as ledger:
-        assert ledger.schema_version == SCHEMA_VERSION == 4
+        assert ledger.schema_version == SCHEMA_VERSION
         assert counts(ledger) == old and ledger.game_keys() == old_keys  # nothing read yet
         report = run(ledger, root)
         assert report.new_total == 0
@@ -190,7 +191,7 @@ def test_a_file_unreachable_at_the_upgrade_is_re_keyed_when_it_comes_back(
 
 def test_a_new_ledger_has_no_line_keys(tmp_path: Path) -> None:
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        assert ledger.schema_version == 4 and not ledger.line_keys
+        assert ledger.schema_version == SCHEMA_VERSION and not ledger.line_keys
 
 
 def test_an_alias_added_later_folds_its_games_and_keys_into_the_board(tmp_path: Path) -> None:
@@ -235,3 +236,28 @@ def test_a_read_from_zero_replaces_the_files_rejects(tmp_path: Path) -> None:
         run(ledger, root)
         assert ledger.reject_counts() == {}
         assert counts(ledger) == {"square8_2p": 2}
+
+
+def test_a_reload_that_adds_an_alias_folds_the_counted_games(daemon: DaemonProcess) -> None:
+    root = daemon.folder / "data" / "selfplay"
+    (root / "gumbel" / "tiny.jsonl").parent.mkdir(parents=True)
+    (root / "gumbel" / "tiny.jsonl").write_bytes(
+        b"".join(record(i, board="tiny") for i in range(3))
+    )
+    daemon.start()
+    daemon.wait_until(lambda s: "tiny_2p" in {c["name"] for c in s["configs"]})
+    write_config(
+        daemon.folder,
+        extra="records:\n  board_aliases: {tiny: square8}\n",
+        configs="  square8_2p: {threshold: 10}\n",
+    )
+    status = daemon.wait_until(
+        lambda s: {c["name"]: c["total_games"] for c in s["configs"]} == {"square8_2p": 3},
+        timeout=10,
+    )
+    assert status["config_error"] is None
+    # The same games written under the board's own name are no new games.
+    (root / "b.jsonl").write_bytes(b"".join(record(i) for i in range(3)))
+    (root / "c.jsonl").write_bytes(record(99))
+    daemon.wait_until(lambda s: sum(c["total_games"] for c in s["configs"]) == 4)
+    assert daemon.configs()["square8_2p"]["total_games"] == 4
