@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import append, game_line
-from ringd.cursor import Decision, FileStat, index_file, read_chunks
+from ringd.cursor import FileChange, FileStat, index_file, read_chunks
 from ringd.ledger import Ledger
 from ringd.records import Reason, Rules
 from ringd.scan import ScanReport, scan
@@ -247,11 +247,11 @@ def test_index_file_stat_only_when_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     path.write_bytes(game_line("square8", 2, 1))
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
-        assert index_file(ledger, str(path), RULES).decision is Decision.NEW
-        assert index_file(ledger, str(path), RULES).decision is Decision.UNCHANGED
+        assert index_file(ledger, str(path), RULES).change is FileChange.NEW
+        assert index_file(ledger, str(path), RULES).change is FileChange.UNCHANGED
         append(path, game_line("square8", 2, 2))
         result = index_file(ledger, str(path), RULES)
-        assert result.decision is Decision.VERIFY and result.new_total == 1
+        assert result.change is FileChange.VERIFY and result.new_total == 1
         row = ledger.file(str(path))
         assert row is not None
         assert FileStat.of(os.stat(path)).size == row.cursor.offset == row.cursor.size

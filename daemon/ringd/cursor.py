@@ -39,7 +39,7 @@ class FileStat:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-class Decision(enum.Enum):
+class FileChange(enum.Enum):
     UNCHANGED = "unchanged"  # same identity, size and mtime: nothing to read
     EMPTY = "empty"  # an unknown file with no bytes yet: ignored
     NEW = "new"  # an unknown path, or a new inode at a known path: from 0
@@ -47,15 +47,15 @@ class Decision(enum.Enum):
     VERIFY = "verify"  # grew or was touched: fingerprint intact -> read on, else from 0
 
 
-def decide(cursor: Cursor | None, st: FileStat) -> Decision:
+def compare(cursor: Cursor | None, st: FileStat) -> FileChange:
     """Where reading must start, from the cursor and a fresh stat alone."""
     if cursor is None or (cursor.dev, cursor.ino) != (st.dev, st.ino):
-        return Decision.EMPTY if st.size == 0 and cursor is None else Decision.NEW
+        return FileChange.EMPTY if st.size == 0 and cursor is None else FileChange.NEW
     if st.size < cursor.offset:
-        return Decision.TRUNCATED
+        return FileChange.TRUNCATED
     if (st.size, st.mtime_ns) == (cursor.size, cursor.mtime_ns):
-        return Decision.UNCHANGED
-    return Decision.VERIFY
+        return FileChange.UNCHANGED
+    return FileChange.VERIFY
 
 
 def fingerprint(fd: int, offset: int) -> bytes:
@@ -148,7 +148,7 @@ def _long_line(
 class FileResult:
     """What indexing one file did."""
 
-    decision: Decision
+    change: FileChange
     stat: FileStat | None = None
     bytes_read: int = 0
     games: int = 0  # complete game lines read (copies included)
@@ -182,12 +182,12 @@ def index_file(
     try:
         # fstat, not stat: the path may have been replaced since it was listed.
         st = FileStat.of(os.fstat(fd))
-        decision = decide(cursor, st)
-        result = FileResult(decision, st)
-        if decision in (Decision.UNCHANGED, Decision.EMPTY):
+        change = compare(cursor, st)
+        result = FileResult(change, st)
+        if change in (FileChange.UNCHANGED, FileChange.EMPTY):
             return result
         start = 0
-        if decision is Decision.VERIFY:
+        if change is FileChange.VERIFY:
             assert cursor is not None
             if fingerprint(fd, cursor.offset) == cursor.fingerprint:
                 start = cursor.offset

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ringd.cursor import Decision, FileResult, FileStat, decide, index_file, rekey_file
+from ringd.cursor import FileChange, FileResult, FileStat, compare, index_file, rekey_file
 from ringd.ledger import Added, FileRow, Ledger, merge_added
 from ringd.records import Rules
 
@@ -113,7 +113,7 @@ class ScanReport:
         return sum(a.count for a in self.new_games.values())
 
     def add(self, path: str, result: FileResult) -> None:
-        if result.decision is Decision.NEW:
+        if result.change is FileChange.NEW:
             self.new_files.append(path)
         self.files_read += 1
         self.bytes_read += result.bytes_read
@@ -138,7 +138,7 @@ def plan_scan(known: Mapping[str, FileRow], found: Discovery) -> Plan:
     for path, st in found.files.items():
         row = known.get(path)
         cursor = row.cursor if row else None
-        if decide(cursor, st) in (Decision.UNCHANGED, Decision.EMPTY):
+        if compare(cursor, st) in (FileChange.UNCHANGED, FileChange.EMPTY):
             continue
         paths.append(path)
         same_file = cursor is not None and (cursor.dev, cursor.ino) == (st.dev, st.ino)

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import structlog
 
-from ringd.cursor import Decision, FileResult, index_file
+from ringd.cursor import FileChange, FileResult, index_file
 from ringd.ledger import Added, Ledger
 from ringd.records import Rules
 from ringd.scan import ScanReport, scan
@@ -146,7 +146,7 @@ class Ingest:
                 self._unreadable[path] = f"cannot read: {result.strerror or result}"
                 continue
             self._unreadable.pop(path, None)
-            if result.decision is Decision.NEW:
+            if result.change is FileChange.NEW:
                 self._bus.publish(FileFound(path))
             if result.new_games and result.stat is not None:
                 self._metrics.detection_latency.observe(max(0.0, now - result.stat.mtime_ns / 1e9))
