@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ringd.boards import config_name, split_config_name
+from ringd.train.holdout import bucket_of, held_out_buckets
 
 # Each entry migrates the schema from version i to i + 1; append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -134,6 +135,20 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE files SET rekey = 1;
     CREATE TABLE meta (name TEXT PRIMARY KEY, value);
     INSERT INTO meta (name, value) SELECT 'line_keys', 1 WHERE EXISTS (SELECT 1 FROM games);
+    """,
+    # 5: promotion (models.promote): a validated checkpoint becomes `latest` only
+    # once promoted. `promoted` is NULL until the gate decides, then 0 or 1 with its
+    # reason; `promoted_at` orders promotions (latest is the last one); `held_out` is
+    # the checkpoint's held-out evaluation (its sidecar's meta.eval, JSON). Checkpoints
+    # validated before this version were eligible for latest: they count as promoted.
+    """
+    ALTER TABLE checkpoints ADD COLUMN promoted INTEGER;
+    ALTER TABLE checkpoints ADD COLUMN promote_reason TEXT;
+    ALTER TABLE checkpoints ADD COLUMN promoted_at REAL;
+    ALTER TABLE checkpoints ADD COLUMN held_out TEXT;
+    UPDATE checkpoints SET promoted = 1,
+        promote_reason = 'validated before promotion gates (ledger schema 5)'
+        WHERE verdict = 'ok';
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -292,11 +307,18 @@ class CheckpointRow:
     pinned: bool
     quarantined_to: str | None
     removed: bool
+    # Promotion (models.promote): None until decided; the decision's reason; when it
+    # was promoted (None: eligible without a promotion, e.g. found under models.dirs).
+    promoted: bool | None = None
+    promote_reason: str | None = None
+    promoted_at: float | None = None
+    held_out: dict[str, Any] | None = None  # the sidecar's meta.eval
 
 
 _CHECKPOINT_COLUMNS = (
     "path, config, origin, job_id, last_seq, dev, ino, size, mtime_ns, verdict, reason, sha256, "
-    "validated_at, pinned, quarantined_to, removed"
+    "validated_at, pinned, quarantined_to, removed, promoted, promote_reason, promoted_at, "
+    "held_out"
 )
 
 
@@ -657,6 +679,27 @@ class Ledger:
         ).fetchall()
         return [Span(*r) for r in reversed(rows)]
 
+    def held_out_games(self, config: str, last_seq: int, count: int, fraction: float) -> list[Span]:
+        """The `count` most recent games of a config's held-out slice up to `last_seq`,
+        oldest first (ringd.train.holdout: by key, `fraction` of them)."""
+        buckets = held_out_buckets(fraction)
+        if buckets == 0 or count <= 0:
+            return []
+        rows = self._db.execute(
+            "SELECT g.seq, g.key, f.path, g.offset, g.length FROM games g "
+            "JOIN files f ON f.id = g.file_id JOIN configs c ON c.id = g.config_id "
+            "WHERE c.name = ? AND g.seq <= ? ORDER BY g.seq DESC",
+            (config, last_seq),
+        )
+        found: list[Span] = []
+        for row in rows:  # newest first, stepping only as far back as needed
+            if bucket_of(row[1]) < buckets:
+                found.append(Span(*row))
+                if len(found) == count:
+                    break
+        rows.close()
+        return found[::-1]
+
     def count_between(self, config: str, first_seq: int, last_seq: int) -> int:
         row = self._db.execute(
             "SELECT COUNT(*) FROM games g JOIN configs c ON c.id = g.config_id "
@@ -812,6 +855,8 @@ class Ledger:
         for r in rows:
             values = list(r)
             values[13], values[15] = bool(values[13]), bool(values[15])
+            values[16] = None if values[16] is None else bool(values[16])
+            values[19] = json.loads(values[19]) if values[19] else None
             out[r[0]] = CheckpointRow(*values)
         return out
 
@@ -825,7 +870,14 @@ class Ledger:
         last_seq: int | None,
         stat: tuple[int, int, int, int],
     ) -> None:
-        """A new or changed file: its verdict is pending until a child validates it."""
+        """A new or changed file: its verdict is pending until a child validates it.
+
+        A changed file (another stat) is another checkpoint: its promotion is decided again.
+        """
+        changed = (
+            "NOT (dev = excluded.dev AND ino = excluded.ino AND size = excluded.size "
+            "AND mtime_ns = excluded.mtime_ns)"
+        )
         with self._transaction():
             self._db.execute(
                 "INSERT INTO checkpoints (path, config, origin, job_id, last_seq, dev, ino, size, "
@@ -834,7 +886,11 @@ class Ledger:
                 "origin = excluded.origin, job_id = excluded.job_id, last_seq = excluded.last_seq, "
                 "dev = excluded.dev, ino = excluded.ino, size = excluded.size, "
                 "mtime_ns = excluded.mtime_ns, verdict = 'pending', reason = NULL, "
-                "quarantined_to = NULL, removed = 0",
+                "quarantined_to = NULL, removed = 0, "
+                f"promoted = CASE WHEN {changed} THEN NULL ELSE promoted END, "
+                f"promote_reason = CASE WHEN {changed} THEN NULL ELSE promote_reason END, "
+                f"promoted_at = CASE WHEN {changed} THEN NULL ELSE promoted_at END, "
+                f"held_out = CASE WHEN {changed} THEN NULL ELSE held_out END",
                 (path, config, origin, job_id, last_seq, *stat),
             )
 
@@ -866,6 +922,30 @@ class Ledger:
                 (
                     None if pinned is None else int(pinned),
                     None if removed is None else int(removed),
+                    path,
+                ),
+            )
+        return cur.rowcount > 0
+
+    def set_promotion(
+        self,
+        path: str,
+        *,
+        promoted: bool,
+        reason: str,
+        at: float | None,
+        held_out: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record the promotion gate's decision (``held_out``: keep the one recorded if None)."""
+        with self._transaction():
+            cur = self._db.execute(
+                "UPDATE checkpoints SET promoted = ?, promote_reason = ?, promoted_at = ?, "
+                "held_out = COALESCE(?, held_out) WHERE path = ?",
+                (
+                    int(promoted),
+                    reason,
+                    at,
+                    json.dumps(held_out) if held_out is not None else None,
                     path,
                 ),
             )

@@ -8,7 +8,7 @@ never opened again. New or changed files are validated by
 torch), with bounded concurrency and the lowest CPU and I/O priority. A bad
 file is moved to a `quarantine/` folder beside it, never deleted. Per config,
 `state_dir/models/<config>/latest.pt` is a symlink, replaced atomically, to
-the newest validated checkpoint; jobs warm-start from it.
+the last promoted validated checkpoint (`ringd.promote`); jobs warm-start from it.
 """
 
 from __future__ import annotations
@@ -131,16 +131,30 @@ def quarantine(path: Path) -> str | None:
 
 
 def latest(rows: dict[str, CheckpointRow]) -> dict[str, CheckpointRow]:
-    """Per config, the newest validated checkpoint still in place."""
+    """Per config, the last promoted validated checkpoint still in place.
+
+    The last promoted: a job's checkpoint promoted later (or one promoted by hand)
+    wins; among those eligible without a promotion (found under models.dirs, or
+    validated before promotion gates) the newest, by last game and mtime.
+    """
     best: dict[str, CheckpointRow] = {}
     for row in rows.values():
-        if row.verdict != "ok" or row.removed or row.quarantined_to or row.config is None:
+        if (
+            row.verdict != "ok"
+            or not row.promoted
+            or row.removed
+            or row.quarantined_to
+            or row.config is None
+        ):
             continue
-        key = (row.last_seq or 0, row.mtime_ns)
         current = best.get(row.config)
-        if current is None or key > (current.last_seq or 0, current.mtime_ns):
+        if current is None or _rank(row) > _rank(current):
             best[row.config] = row
     return best
+
+
+def _rank(row: CheckpointRow) -> tuple[float, int, int]:
+    return (row.promoted_at or 0.0, row.last_seq or 0, row.mtime_ns)
 
 
 def point_latest(models_dir: Path, best: dict[str, CheckpointRow]) -> None:
@@ -285,7 +299,59 @@ def summary(rows: dict[str, CheckpointRow]) -> dict[str, Any]:
         c["bytes"] += row.size
     for config, row in best.items():
         configs[config]["latest"] = row.path
+    for config, c in configs.items():
+        held_out(c, [r for r in rows.values() if (r.config or "(unknown)") == config], best)
     return {
         "configs": dict(sorted(configs.items())),
         "checkpoints": [dataclasses.asdict(r) for r in sorted(rows.values(), key=lambda r: r.path)],
+    }
+
+
+RECENT = 5  # checkpoints of a config listed with their held-out metrics and promotion
+
+
+def held_out(
+    into: dict[str, Any], rows: Sequence[CheckpointRow], best: dict[str, CheckpointRow]
+) -> None:
+    """Add a config's held-out view: latest's metrics, the newest checkpoints' and why
+    each was promoted or not."""
+    row = best.get(rows[0].config or "") if rows else None
+    into["latest_held_out"] = _metrics(row) if row is not None else None
+    newest = sorted(
+        (r for r in rows if not r.removed and r.verdict != "bad"),
+        key=lambda r: (r.last_seq or 0, r.mtime_ns),
+        reverse=True,
+    )
+    into["recent"] = [
+        {
+            "path": r.path,
+            "job_id": r.job_id,
+            "last_seq": r.last_seq,
+            "verdict": r.verdict,
+            "latest": row is not None and r.path == row.path,
+            "promoted": r.promoted,
+            "promote_reason": r.promote_reason,
+            **(_metrics(r) or {}),
+        }
+        for r in newest[:RECENT]
+    ]
+
+
+def _metrics(row: CheckpointRow) -> dict[str, Any] | None:
+    """A checkpoint's held-out metrics and those of the network its job started from."""
+    ev = row.held_out or {}
+    model = ev.get("model")
+    if not model:
+        return None
+    start = ev.get("start") or {}
+    loss, base = model.get("loss"), start.get("loss")
+    return {
+        "loss": loss,
+        "policy_acc": model.get("policy_acc"),
+        "value_mse": model.get("value_mse"),
+        "policy_loss": model.get("policy_loss"),
+        "samples": ev.get("samples"),
+        "start_loss": base,
+        "start_checkpoint": ev.get("start_checkpoint"),
+        "change": (loss - base) / base if loss is not None and base else None,
     }

@@ -151,6 +151,18 @@ class WindowSettings(_Model):
         return self
 
 
+class HoldoutSettings(_Model):
+    """Each config's held-out slice: never trained on; every job is measured on it."""
+
+    # Share of games held out, by key (ringd.train.holdout): the slice never changes as
+    # games arrive. Changing it moves games in or out of the slice.
+    fraction: float = Field(default=0.02, ge=0, le=0.5)
+    # The most recent held-out games of the config each job evaluates on.
+    games: int = Field(default=100, ge=1)
+    # With fewer held-out samples the metrics are shown, but promotion does not gate on them.
+    min_samples: int = Field(default=200, ge=0)
+
+
 class TrainingSettings(_Model):
     enabled: bool = True
     # One job slot per entry: `auto` finds the GPUs, `cpu` is one CPU slot.
@@ -161,6 +173,7 @@ class TrainingSettings(_Model):
     # The trainer's hyperparameters, written into each job spec (docs/training-job.md).
     hyper: Hyper = Field(default_factory=Hyper)
     window: WindowSettings = Field(default_factory=WindowSettings)
+    holdout: HoldoutSettings = Field(default_factory=HoldoutSettings)
     timeout_s: float = Field(default=6 * 3600, gt=0)
     # SIGTERM, then this long to save a resumable checkpoint, then SIGKILL.
     grace_s: float = Field(default=60, gt=0)
@@ -197,6 +210,20 @@ class ModelsSettings(_Model):
     keep: StrictInt = Field(default=5, ge=1)
     # ...and older ones deleted only with `delete_old` (pinned ones never).
     retention: Literal["keep_all", "delete_old"] = "keep_all"
+    # Which validated checkpoints of jobs become `latest` (ringd.promote): every one, one
+    # whose held-out loss is within promote_tolerance of latest's, or a site's gate
+    # (promote_command + candidate + current latest; exit 0 promotes).
+    promote: Literal["always", "if_not_worse", "command"] = "if_not_worse"
+    promote_tolerance: float = Field(default=0.02, ge=0)
+    promote_command: list[str] | None = None
+    promote_timeout_s: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _gate(self) -> ModelsSettings:
+        if self.promote == "command" and not self.promote_command:
+            raise ValueError("promote: command needs promote_command (the gate's argv)")
+        return self
+
     # Child processes validating new or changed files at once (lowest I/O priority).
     validate_concurrency: StrictInt = Field(default=1, ge=1, le=16)
 

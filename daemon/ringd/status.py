@@ -35,6 +35,24 @@ class JobProgress(BaseModel):
     gpu_util: float | None = None  # percent (CUDA with NVML only)
 
 
+class HeldOutStatus(BaseModel):
+    """A config's newest job checkpoint on the held-out games: is training working?"""
+
+    checkpoint: str
+    loss: float | None  # held-out loss (policy + value) of the new network
+    policy_acc: float | None
+    value_mse: float | None
+    samples: int | None
+    # The latest it started from, measured by the same job on the same samples (None:
+    # the job started from scratch); `change` is (loss - start_loss) / start_loss.
+    start_loss: float | None
+    start_policy_acc: float | None
+    start_value_mse: float | None
+    change: float | None
+    promoted: bool | None  # None: not decided yet
+    reason: str | None  # why it was promoted or not
+
+
 @dataclass(frozen=True, slots=True)
 class Scheduling:
     """The scheduler's view of one config, overlaid on its counts."""
@@ -59,6 +77,7 @@ class ConfigStatus(BaseModel):
     job: JobProgress | None = None  # the running job (daemon only)
     backoff_until: float | None = None
     last_error: str | None = None
+    held_out: HeldOutStatus | None = None  # the last job's held-out metrics (daemon only)
 
 
 class RamdiskStatus(BaseModel):
@@ -145,6 +164,7 @@ def build_status(
     daemon: dict[str, object] | None = None,
     ramdisk: Sequence[RamdiskStatus] = (),
     scheduling: Mapping[str, Scheduling] | None = None,
+    held_out: Mapping[str, HeldOutStatus] | None = None,
 ) -> Status:
     """One row per configured config (games or not) and per unconfigured one with games."""
     by_name = {c.name: c for c in counts}
@@ -171,6 +191,7 @@ def build_status(
                 job=sched.job if sched else None,
                 backoff_until=sched.backoff_until if sched else None,
                 last_error=sched.last_error if sched else None,
+                held_out=(held_out or {}).get(name),
             )
         )
     return Status(

@@ -161,3 +161,51 @@ def _tags(folder: Path) -> set[str]:
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
     return tags
+
+
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "ringrift-real"
+
+
+@pytest.mark.parametrize("config", ["hex8_2p", "square8_2p"])
+def test_a_model_trained_on_the_real_corpus_beats_an_untrained_one_on_held_out_games(
+    config: str, make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    if not REAL.is_dir():
+        pytest.skip(f"the real RingRift corpus is not at {REAL} (it lives in the shared/ folder)")
+    from ringd.ledger import Ledger
+    from ringd.records import Rules
+    from ringd.scan import scan
+
+    fraction = 0.2
+    with Ledger(tmp_path / "ledger.sqlite") as db:
+        scan(db, [REAL / "selfplay"], Rules())
+        last = db.max_seq(config)
+        spans = db.window(config, last, 10_000)
+        held = db.held_out_games(config, last, 1000, fraction)
+
+    def game(s: Any) -> dict[str, Any]:
+        return {"path": s.path, "offset": s.offset, "length": s.length, "key": s.key.hex(),
+                "seq": s.seq}  # fmt: skip
+
+    window = [game(s) for s in spans if not is_held_out(s.key, fraction)]
+    holdout = [game(s) for s in held]
+    assert len(window) > 30 and len(holdout) >= 5
+    board = config.rsplit("_", 1)[0]
+    spec = make_spec(
+        window,
+        config=config,
+        board=board,
+        new_from_seq=window[0]["seq"],
+        hyper={"steps": 200},
+        holdout={"fraction": fraction, "games": holdout},
+    )
+    code, run = run_in_process(spec)
+    assert code == ExitCode.OK, run.all()
+    ev = run.one("done")["eval"]
+    assert ev["samples"] >= 300, ev
+    # `start` is the untrained network of the same shape and seed, on the same samples.
+    assert ev["start_checkpoint"] is None
+    trained, untrained = ev["model"], ev["start"]
+    assert trained["loss"] < 0.8 * untrained["loss"], ev
+    assert trained["policy_loss"] < untrained["policy_loss"], ev
+    assert trained["policy_acc"] >= untrained["policy_acc"], ev

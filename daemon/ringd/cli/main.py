@@ -138,11 +138,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "models",
-        help="checkpoints: per config the latest validated one, counts, sizes, verdicts",
+        help="checkpoints: per config latest, held-out metrics, promotions, verdicts",
         description=(
             "The checkpoint registry. Without an action: list per config the latest "
-            "validated checkpoint, counts and sizes. `validate [PATH]` validates again "
-            "(one file or all); `pin PATH` keeps a checkpoint from retention."
+            "checkpoint, counts and sizes, and the held-out loss and accuracy of latest "
+            "and of the newest checkpoints, each promoted or not and why. `validate "
+            "[PATH]` validates again (one file or all); `pin PATH` keeps a checkpoint "
+            "from retention; `promote PATH` makes a validated checkpoint its "
+            "configuration's latest over the promotion gate (models.promote)."
         ),
     )
     _daemon_args(p, config_help, socket_help)
@@ -159,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--unpin", action="store_true")
     _daemon_args(q, config_help, socket_help, after_subcommand=True)
     q.set_defaults(handler=_cmd_models_pin)
+    q = models.add_parser(
+        "promote", help="make PATH its configuration's latest, over the promotion gate"
+    )
+    q.add_argument("path", metavar="PATH")
+    _daemon_args(q, config_help, socket_help, after_subcommand=True)
+    q.set_defaults(handler=_cmd_models_promote)
 
     p = sub.add_parser("logs", help="print a training job's log (the trainer's stderr)")
     p.add_argument("job", metavar="JOB", help="a job id from `ringd jobs`")
@@ -427,6 +436,11 @@ def _cmd_models_pin(args: argparse.Namespace) -> int:
         {"path": os.path.abspath(args.path), "pinned": 0 if args.unpin else 1}
     )
     return _post(args, f"/v1/models/pin?{query}")
+
+
+def _cmd_models_promote(args: argparse.Namespace) -> int:
+    query = urllib.parse.urlencode({"path": os.path.abspath(args.path)})
+    return _post(args, f"/v1/models/promote?{query}")
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ringd.scan import Plan
-from ringd.status import ConfigStatus, RamdiskStatus, Status, progress_label
+from ringd.status import ConfigStatus, HeldOutStatus, RamdiskStatus, Status, progress_label
 
 # A first scan smaller than this finishes before a bar would be worth drawing.
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
@@ -83,6 +83,9 @@ def view(status: Status) -> RenderableType:
     table.add_column("total", justify="right")
     table.add_column("state")
     table.add_column("last game", justify="right")
+    held_out = any(row.held_out for row in status.configs)
+    if held_out:
+        table.add_column("held-out loss (vs latest)", justify="right")
     now = status.generated_at
     for row in status.configs:
         table.add_row(
@@ -92,6 +95,7 @@ def view(status: Status) -> RenderableType:
             f"{row.total_games:,}",
             _state_text(row, now),
             _age(row.last_game_at, now),
+            *([_held_out_text(row.held_out)] if held_out else []),
         )
     parts.append(table)
     for m in status.ramdisk:
@@ -117,6 +121,21 @@ def _unreadable_lines(status: Status) -> Text:
         text += Text(f"\n  {p.path}: {p.reason}", style="yellow")
     if u.count > len(u.first):
         text += Text(f"\n  ... and {u.count - len(u.first):,} more (see the log)", style="yellow")
+    return text
+
+
+def _held_out_text(held_out: HeldOutStatus | None) -> Text:
+    """The last job's held-out loss, its change from latest, and whether it was promoted."""
+    if held_out is None or held_out.loss is None:
+        return Text("-", style="dim")
+    text = Text(f"{held_out.loss:.4f}")
+    if held_out.change is not None:
+        style = "green" if held_out.change <= 0 else "yellow"
+        text += Text(f" {held_out.change:+.1%}", style=style)
+    if held_out.promoted is False:
+        text += Text(" not promoted", style="red")
+    elif held_out.promoted is None:
+        text += Text(" deciding", style="dim")
     return text
 
 
@@ -200,20 +219,34 @@ _JOB_STYLE = {"succeeded": "green", "failed": "red", "running": "magenta", "inte
 
 
 def models_view(models: Mapping[str, Any]) -> RenderableType:
-    """`ringd models`: per config the latest validated checkpoint, counts and sizes."""
+    """`ringd models`: per config the latest checkpoint, counts, sizes and held-out metrics;
+    then the newest checkpoints of each, promoted or not and why."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("config", "ok", "bad", "pending", "size", "latest"):
+    for column in ("config", "ok", "bad", "pending", "size", "held-out loss", "acc", "latest"):
         table.add_column(column, no_wrap=column != "latest")
     for name, c in models["configs"].items():
+        metrics = c.get("latest_held_out") or {}
         table.add_row(
             name,
             str(c["ok"]),
             Text(str(c["bad"]), style="red" if c["bad"] else ""),
             str(c["pending"]),
             f"{c['bytes'] / 1e6:,.1f} MB",
+            _number(metrics.get("loss"), "{:.4f}"),
+            _number(metrics.get("policy_acc"), "{:.1%}"),
             c["latest"] or "-",
         )
     parts: list[RenderableType] = [table if models["configs"] else Text("no checkpoints yet")]
+    recent = _recent_table(models["configs"])
+    if recent is not None:
+        parts += [
+            Text(
+                "newest checkpoints (held-out loss and accuracy; change from the "
+                "network their job started from):",
+                style="bold",
+            ),
+            recent,
+        ]
     for c in models["checkpoints"]:
         if c["verdict"] == "bad":
             where = c["quarantined_to"] or c["path"]
@@ -254,3 +287,42 @@ class ScanProgress:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _number(value: object, form: str) -> str:
+    return form.format(value) if isinstance(value, int | float) else "-"
+
+
+def _recent_table(configs: Mapping[str, Any]) -> Table | None:
+    """Per config its newest checkpoints: held-out metrics, promoted or not, and why."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("config", "checkpoint", "loss", "acc", "change", "promoted", "why"):
+        table.add_column(column, no_wrap=column not in ("checkpoint", "why"))
+    rows = 0
+    for name, c in configs.items():
+        for r in c.get("recent") or []:
+            promoted = r.get("promoted")
+            mark = (
+                Text("latest", style="bold green")
+                if r.get("latest")
+                else Text("yes", style="green")
+                if promoted
+                else Text("no", style="red")
+                if promoted is False
+                else Text(r.get("verdict") or "pending", style="dim")
+            )
+            change = r.get("change")
+            table.add_row(
+                name,
+                r.get("job_id") or r["path"],
+                _number(r.get("loss"), "{:.4f}"),
+                _number(r.get("policy_acc"), "{:.1%}"),
+                Text(
+                    _number(change, "{:+.1%}"),
+                    style="green" if change is not None and change <= 0 else "yellow",
+                ),
+                mark,
+                r.get("promote_reason") or "",
+            )
+            rows += 1
+    return table if rows else None

@@ -12,6 +12,7 @@
     GET /v1/models                     checkpoints: per config latest, counts, sizes
     POST /v1/models/validate[?path=P]  validate again (one file, or all)
     POST /v1/models/pin?path=P[&pinned=0]
+    POST /v1/models/promote?path=P     make P its config's latest, over the promotion gate
 
 `curl --unix-socket state/ringd.sock http://ringd/v1/status` works against all of it.
 """
@@ -57,6 +58,7 @@ class Operations(Protocol):
     async def models(self) -> dict[str, Any]: ...
     async def validate_models(self, path: str | None) -> str: ...
     async def pin_model(self, path: str, pinned: bool) -> str: ...
+    async def promote_model(self, path: str) -> str: ...
 
 
 class ControlServer:
@@ -87,7 +89,7 @@ class ControlServer:
             "/v1/configs/{config}/{action:trigger|pause|resume}", self._config_action
         )
         app.router.add_get("/v1/models", self._get_models)
-        app.router.add_post("/v1/models/{action:validate|pin}", self._models_action)
+        app.router.add_post("/v1/models/{action:validate|pin|promote}", self._models_action)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         if len(os.fsencode(self._socket_path)) > MAX_SOCKET_PATH:
@@ -142,10 +144,13 @@ class ControlServer:
     async def _models_action(self, request: web.Request) -> web.Response:
         path = request.query.get("path")
         try:
-            if request.match_info["action"] == "validate":
+            action = request.match_info["action"]
+            if action == "validate":
                 message = await self._ops.validate_models(path)
             elif path is None:
-                raise OperatorError(400, "pin needs ?path=CHECKPOINT")
+                raise OperatorError(400, f"{action} needs ?path=CHECKPOINT")
+            elif action == "promote":
+                message = await self._ops.promote_model(path)
             else:
                 message = await self._ops.pin_model(path, request.query.get("pinned", "1") != "0")
         except OperatorError as e:

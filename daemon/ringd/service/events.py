@@ -163,6 +163,17 @@ class CheckpointValidated(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointPromoted(Event):
+    """The promotion gate's decision on a validated checkpoint (models.promote)."""
+
+    kind: ClassVar[str] = "checkpoint_promoted"
+    path: str
+    config: str | None
+    promoted: bool  # False: valid, kept and listed, but not made latest
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class CheckpointBad(Event):
     kind: ClassVar[str] = "checkpoint_bad"
     path: str

@@ -33,11 +33,12 @@ import structlog
 from ringd import childsetup
 from ringd.boards import split_config_name
 from ringd.fsutil import write_bytes_atomically
-from ringd.ledger import JobRow, Ledger
+from ringd.ledger import JobRow, Ledger, Span
 from ringd.service.errors import OperatorError
 from ringd.service.events import EventBus, JobFinished, JobProgressed, JobStarted
 from ringd.service.metrics import Metrics
 from ringd.settings import Settings, TrainingSettings
+from ringd.train.holdout import bucket_of, held_out_buckets
 from ringd.train.protocol import (
     CheckpointEvent,
     DoneEvent,
@@ -48,7 +49,7 @@ from ringd.train.protocol import (
     TrainerEvent,
     parse_event,
 )
-from ringd.train.spec import GameSpan, JobSpec, SpecError, load_spec
+from ringd.train.spec import GameSpan, HoldOut, JobSpec, SpecError, load_spec
 
 T = TypeVar("T")
 log = structlog.get_logger("ringd.jobs")
@@ -374,7 +375,12 @@ def _plan(
         total, min_games=w.min_games, max_games=w.max_games, alpha=w.alpha, beta=w.beta
     )
     size = max(size, new_games)
-    spans = db.window(config, last, size)
+    # The held-out slice is never trained on (ringd.train.holdout; the trainer checks
+    # too); each job is measured on the slice's most recent games instead.
+    fraction = training.holdout.fraction
+    buckets = held_out_buckets(fraction)
+    spans = [s for s in db.window(config, last, size) if bucket_of(s.key) >= buckets]
+    held_out = db.held_out_games(config, last, training.holdout.games, fraction)
     # The same range (an interrupted or failed job, no newer games) reuses its id
     # and folder, so the trainer resumes from its checkpoint there.
     job = db.create_job(job_id(config, first, last), config, first, last, new_games, triggered)
@@ -400,8 +406,13 @@ def _plan(
         device=device,
         seed=first,
         hyper=training.hyper,
+        holdout=HoldOut(fraction=fraction, games=[_span(s) for s in held_out]),
     )
     return job, spec
+
+
+def _span(s: Span) -> GameSpan:
+    return GameSpan(path=s.path, offset=s.offset, length=s.length, key=s.key.hex(), seq=s.seq)
 
 
 def _resume_interrupted(

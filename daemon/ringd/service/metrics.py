@@ -165,3 +165,46 @@ class _StatusCollector(Collector):
         config_error.add_metric([], 1 if status.config_error else 0)
         yield from _operations_metrics(status)
         yield from (games, new, threshold, rejects, config_error)
+        yield from _held_out_metrics(status)
+
+
+def _held_out_metrics(status: Status) -> Iterator[GaugeMetricFamily]:
+    """Each config's last job on its held-out games: the new network (model="candidate")
+    and the latest it started from (model="latest"), measured on the same samples."""
+    labels = ["config", "model"]
+    loss = GaugeMetricFamily(
+        "ringd_holdout_loss",
+        "Held-out loss (policy cross-entropy + value MSE) of the last job's network and of "
+        "the latest it started from",
+        labels=labels,
+    )
+    accuracy = GaugeMetricFamily(
+        "ringd_holdout_policy_accuracy", "Held-out policy top-1 accuracy", labels=labels
+    )
+    value = GaugeMetricFamily("ringd_holdout_value_mse", "Held-out value MSE", labels=labels)
+    samples = GaugeMetricFamily(
+        "ringd_holdout_samples", "Held-out samples the last job evaluated on", labels=["config"]
+    )
+    promoted = GaugeMetricFamily(
+        "ringd_holdout_promoted",
+        "1 if the last job's checkpoint was promoted to latest, 0 if not (absent: undecided)",
+        labels=["config"],
+    )
+    for row in status.configs:
+        h = row.held_out
+        if h is None:
+            continue
+        for family, candidate, latest in (
+            (loss, h.loss, h.start_loss),
+            (accuracy, h.policy_acc, h.start_policy_acc),
+            (value, h.value_mse, h.start_value_mse),
+        ):
+            if candidate is not None:
+                family.add_metric([row.name, "candidate"], candidate)
+            if latest is not None:
+                family.add_metric([row.name, "latest"], latest)
+        if h.samples is not None:
+            samples.add_metric([row.name], h.samples)
+        if h.promoted is not None:
+            promoted.add_metric([row.name], 1 if h.promoted else 0)
+    yield from (loss, accuracy, value, samples, promoted)

@@ -195,6 +195,7 @@ class Supervisor:
             rates=s.ingest.rates(),
             ramdisk=s.ramdisk.status(),
             scheduling=s.scheduler.scheduling(),
+            held_out=s.models.held_out,
             daemon={
                 "pid": os.getpid(),
                 "version": __version__,
@@ -298,6 +299,9 @@ class Supervisor:
 
     async def pin_model(self, path: str, pinned: bool) -> str:
         return await self.stages.models.pin(path, pinned)
+
+    async def promote_model(self, path: str) -> str:
+        return await self.stages.models.promote_by_hand(path)
 
 
 def _check_restart_keys(old: Settings, new: Settings) -> None:

@@ -2,8 +2,9 @@
 
 The daemon imports only the torch-free parts of this package: :mod:`ringd.train.spec`
 (the job spec it writes), :mod:`ringd.train.window` (how many games a job trains on
-and for how many steps) and :mod:`ringd.train.protocol` (the exit codes, and the
-event models the job prints and :func:`~ringd.train.protocol.parse_event` reads).
+and for how many steps), :mod:`ringd.train.holdout` (which games no job trains on)
+and :mod:`ringd.train.protocol` (the exit codes, and the event models the job prints
+and :func:`~ringd.train.protocol.parse_event` reads).
 Nothing imported by this ``__init__`` may import torch.
 
 The job, stage by stage (each module does one thing):
@@ -17,6 +18,7 @@ The job, stage by stage (each module does one thing):
   step (eager or one CUDA graph);
 * :mod:`~ringd.train.lr`: the learning-rate schedule;
 * :mod:`~ringd.train.checkpoint`: atomic checkpoints;
+* :mod:`~ringd.train.evaluate`: each checkpoint measured on the held-out games;
 * :mod:`~ringd.train.loop`: the ``Trainer`` (setup, then the loop);
   :mod:`~ringd.train.job`: the program.
 
