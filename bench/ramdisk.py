@@ -32,8 +32,8 @@ from pathlib import Path
 
 from _common import machine, table
 from _daemon import BenchDaemon
-from ringd.cli import client
 from ringd.boards import CONFIGS
+from ringd.cli import client
 from ringd.sim import game_line, make_record
 
 DIRS = ["gpu", "mcts_1", "hybrid_2", "daemon_3", "cluster_4/h1"]

@@ -29,8 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ringd.fsutil import fsync_dir
-from ringd.settings import RamdiskMapping
 from ringd.scan import SUFFIX, discover
+from ringd.settings import RamdiskMapping
 
 COPY_CHUNK = 8 * 1024 * 1024
 RETRY_FIRST_S = 1.0
