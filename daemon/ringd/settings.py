@@ -158,9 +158,9 @@ class HoldoutSettings(_Model):
     # games arrive. Changing it moves games in or out of the slice.
     fraction: float = Field(default=0.02, ge=0, le=0.5)
     # The most recent held-out games of the config each job evaluates on.
-    games: int = Field(default=100, ge=1)
+    games: StrictInt = Field(default=100, ge=1)
     # With fewer held-out samples the metrics are shown, but promotion does not gate on them.
-    min_samples: int = Field(default=200, ge=0)
+    min_samples: StrictInt = Field(default=200, ge=0)
 
 
 class TrainingSettings(_Model):
