@@ -77,7 +77,7 @@ def detect_slots(devices: str | list[int]) -> list[Slot]:
 
 def _find_gpus() -> list[int]:
     try:
-        import pynvml  # type: ignore[import-not-found]  # nvidia-ml-py, when installed
+        import pynvml  # nvidia-ml-py (the train extra); untyped: see pyproject
 
         pynvml.nvmlInit()
         try:
