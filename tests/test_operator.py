@@ -81,6 +81,45 @@ def test_models_validate_takes_config_after_the_subcommand(daemon: DaemonProcess
     assert pin.returncode == 1 and "unrecognized arguments" not in pin.stderr
 
 
+# -- 6. a file reached through a directory symlink is one file -----------------------
+
+
+def test_a_symlinked_directory_does_not_read_a_file_twice(daemon: DaemonProcess) -> None:
+    # Issue 14: `ln -s .. sp/loop/up` while the daemon runs: the new directory's scan
+    # read sp/a.jsonl again as sp/loop/up/a.jsonl and counted its bad line twice.
+    root = daemon.folder / "data" / "selfplay"
+    (root / "loop").mkdir()
+    append(root / "a.jsonl", b"not json\n" + game_line("square8", 2, 1))
+    daemon.start()
+    daemon.wait_until(lambda s: s["total_games"] == 1 and s["rejects"] == {"not_json": 1})
+    (root / "loop" / "up").symlink_to("..")
+    (root / "loop" / "b.jsonl").write_bytes(game_line("square8", 2, 2))  # a new file after it
+    status = daemon.wait_until(lambda s: s["total_games"] == 2)
+    time.sleep(1.0)  # the new directory's scan, and the events through the link, are done
+    status = daemon.status()
+    assert status["rejects"] == {"not_json": 1} and status["rejected_total"] == 1
+    assert status["total_games"] == 2
+    scanned = ringd("scan", "--config", str(daemon.config), "--json")  # a full scan agrees
+    assert json.loads(scanned.stdout)["rejects"] == {"not_json": 1}
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{daemon.folder / 'var' / 'ledger.sqlite'}?mode=ro", uri=True)
+    paths = sorted(r[0] for r in db.execute("SELECT path FROM files"))
+    db.close()
+    assert paths == [str(root / "a.jsonl"), str(root / "loop" / "b.jsonl")]
+
+
+def test_hard_links_and_file_symlinks_are_one_file_in_a_scan(tree: Path) -> None:
+    root = tree / "data" / "selfplay"
+    append(root / "a.jsonl", b"not json\n" + game_line("square8", 2, 1))
+    os.link(root / "a.jsonl", root / "hard.jsonl")
+    (root / "soft.jsonl").symlink_to("a.jsonl")
+    result = ringd("scan", "--config", str(tree / "ringd.yaml"), "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["rejects"] == {"not_json": 1} and status["total_games"] == 1
+
+
 # -- 7. unreadable files and directories are in the status ---------------------------
 
 

@@ -33,9 +33,16 @@ class Discovery:
 
 
 def discover(roots: Iterable[Path | str]) -> Discovery:
-    """Walk the roots recursively, following directory symlinks but never in a loop."""
+    """Walk the roots recursively, following directory symlinks but never in a loop.
+
+    A file is its device and inode, not its path: one reached under several paths
+    (hard links, file symlinks) is listed once, under its shortest path, and a
+    directory symlink into the roots is not followed: its files are found under
+    their own paths, whichever comes first in the walk."""
     found = Discovery()
     visited: set[tuple[int, int]] = set()
+    roots = list(roots)
+    real_roots = [os.path.join(os.path.realpath(r), "") for r in roots]
     for root in roots:
         root = os.path.normpath(root)
         try:
@@ -51,12 +58,66 @@ def discover(roots: Iterable[Path | str]) -> Discovery:
         if not stat.S_ISDIR(st.st_mode):
             found.errors.append(f"{root}: watched root is not a directory")
             continue
-        _walk(root, (st.st_dev, st.st_ino), visited, found)
+        _walk(root, (st.st_dev, st.st_ino), visited, found, real_roots)
+    one_path_per_file(found)
     return found
 
 
+def one_path_per_file(found: Discovery, known: Mapping[str, FileRow] | None = None) -> int:
+    """Keep one path per file (device, inode) in `found`; returns how many were dropped.
+
+    Symlinked directories and hard links lead to the same file under several paths;
+    read under each, its rejects would count once per path (its games, keyed by
+    content, once). The path the ledger knows the file by wins while it still names
+    that file (a directory that just appeared through a symlink, `ln -s .. sp/x/up`,
+    is scanned alone: the known path is not in this discovery); otherwise the
+    shortest path, then the first in sort order.
+    """
+    live: dict[tuple[int, int], str] = {}
+    for path, row in (known or {}).items():
+        if not row.gone:
+            live[(row.cursor.dev, row.cursor.ino)] = path
+    keep: dict[tuple[int, int], str] = {}
+    dropped = 0
+    for path in sorted(found.files, key=lambda p: (p.count(os.sep), len(p), p)):
+        st = found.files[path]
+        ident = (st.dev, st.ino)
+        chosen = keep.get(ident)
+        if chosen is None:
+            owner = live.get(ident)
+            # Outside this discovery, the known path wins only over a path through a
+            # symlink (a known file under a root since removed keeps being read here).
+            known_wins = owner is not None and (
+                owner in found.files or os.path.realpath(path) != path
+            )
+            chosen = (
+                owner if owner is not None and known_wins and _names(owner, ident, found) else path
+            )
+            keep[ident] = chosen
+        if chosen != path:
+            del found.files[path]
+            dropped += 1
+    return dropped
+
+
+def _names(path: str, ident: tuple[int, int], found: Discovery) -> bool:
+    """Does `path` (still) name the file `ident`?"""
+    st = found.files.get(path)
+    if st is not None:
+        return (st.dev, st.ino) == ident
+    try:
+        fresh = os.stat(path)
+    except OSError:
+        return False
+    return (fresh.st_dev, fresh.st_ino) == ident and stat.S_ISREG(fresh.st_mode)
+
+
 def _walk(
-    top: str, top_id: tuple[int, int], visited: set[tuple[int, int]], found: Discovery
+    top: str,
+    top_id: tuple[int, int],
+    visited: set[tuple[int, int]],
+    found: Discovery,
+    real_roots: list[str],
 ) -> None:
     if top_id in visited:
         return
@@ -75,7 +136,10 @@ def _walk(
                 if entry.is_dir():
                     st = entry.stat()
                     ident = (st.st_dev, st.st_ino)
-                    if ident in visited:
+                    into_roots = entry.is_symlink() and (
+                        os.path.join(os.path.realpath(entry.path), "").startswith(tuple(real_roots))
+                    )
+                    if ident in visited or into_roots:
                         if entry.is_symlink():
                             found.errors.append(
                                 f"{entry.path}: symlink loop or second path to a directory "
@@ -170,6 +234,8 @@ def scan(
     ledger.fold_aliases(rules.aliases)
     report.rekeyed = rekey(ledger, found, rules, report.errors, stop)
     known = ledger.files()
+    # Second paths to files the ledger knows (a directory symlink that just appeared).
+    report.files -= one_path_per_file(found, known)
     plan = plan_scan(known, found)
     progress = on_plan(plan) if on_plan else None
     for path in plan.paths:

@@ -119,6 +119,9 @@ class RamdiskStage:
 
     async def final_flush(self, notifier: Notifier) -> None:
         """Flush every complete line before exit, telling systemd if it takes a while."""
+        # A stop right after start can come before run() made its flushers: make them.
+        if not self.flushers:
+            self.flushers = [Flusher(m) for m in self.mappings]
         if self.flushers:
 
             def flush_all() -> None:

@@ -105,6 +105,8 @@ class Ingest:
     async def scan(self, roots: Sequence[Path | str], reason: str) -> ScanReport:
         """A reconciliation scan of `roots` (or of a directory that just appeared)."""
         rules = self.rules
+        # A directory that appeared through a symlink into the roots is scanned where it is.
+        roots = sorted({self._canonical(r) for r in roots})
         try:
             report = await self._run(lambda: scan(self._ledger, roots, rules, stop=self._stop))
         except sqlite3.Error as e:
@@ -135,7 +137,8 @@ class Ingest:
         """Index files named by watch events."""
         rules = self.rules
         try:
-            results = await self._run(lambda: self._index_all(sorted(set(paths)), rules))
+            canonical = {self._canonical(p) for p in paths}
+            results = await self._run(lambda: self._index_all(sorted(canonical), rules))
         except sqlite3.Error as e:
             self._failed(e, reason="watch event")
             return
@@ -151,6 +154,20 @@ class Ingest:
             if result.new_games and result.stat is not None:
                 self._metrics.detection_latency.observe(max(0.0, now - result.stat.mtime_ns / 1e9))
             self._publish(result.new_games, result.rejects, file=path)
+
+    def _canonical(self, path: str | Path) -> str:
+        """The path of `path` below the watched roots without directory symlinks in it:
+        a file (or a directory that just appeared) reached through a symlink into the
+        roots is read under its own path, once (a file is one file, whatever the path)."""
+        path = os.path.normpath(path)
+        real = os.path.realpath(path)
+        if real == path:
+            return path
+        for root in self.watch.roots:
+            real_root = os.path.realpath(root)
+            if real == real_root or real.startswith(os.path.join(real_root, "")):
+                return os.path.normpath(os.path.join(root, os.path.relpath(real, real_root)))
+        return path  # outside the roots: the symlink is the only way there
 
     def _index_all(self, paths: list[str], rules: Rules) -> list[tuple[str, FileResult | OSError]]:
         out: list[tuple[str, FileResult | OSError]] = []
