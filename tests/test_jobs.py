@@ -97,7 +97,15 @@ def test_a_successful_job_consumes_exactly_its_range(make_daemon) -> None:  # ty
 def test_a_failed_job_keeps_the_watermark_backs_off_and_retries(
     make_daemon, mode: str, error: str
 ) -> None:  # type: ignore[no-untyped-def]
-    daemon = make_daemon(mode, "  hex8_2p: {threshold: 3}\n", timeout_s=2, grace_s=1)
+    # A backoff long enough to be seen by a CLI started on a loaded machine.
+    daemon = make_daemon(
+        mode,
+        "  hex8_2p: {threshold: 3}\n",
+        timeout_s=2,
+        grace_s=1,
+        backoff_base_s=6,
+        backoff_cap_s=6,
+    )
     daemon.start()
     write_games(daemon, "hex8", 2, 0, 4)
     status = daemon.wait_until(lambda s: config(s, "hex8_2p")["state"] == "backoff", timeout=30)
