@@ -75,7 +75,8 @@ def test_a_minimal_spec_gets_the_documented_defaults() -> None:
     hyper = spec.hyper
     assert (hyper.batch_size, hyper.steps, hyper.replay_ratio, hyper.lr) == (256, None, 4.0, 2e-3)
     assert (hyper.channels, hyper.blocks, hyper.loader, hyper.prefetch) == (64, 6, "auto", 4)
-    assert hyper.cuda_graphs and hyper.channels_last and not hyper.compile
+    assert hyper.cuda_graphs and hyper.channels_last and hyper.compile == "auto"
+    assert hyper.compile_mode == "default" and hyper.dist_timeout_s == 600
     assert spec.games[1].key_bytes == bytes.fromhex(KEY[::-1])
 
 
@@ -163,7 +164,7 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 
 def test_exit_codes_are_distinct_and_each_has_an_error_kind() -> None:
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 6]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7]
     assert set(ERROR_KINDS) == set(ExitCode) - {ExitCode.OK}
     assert len(set(ERROR_KINDS.values())) == len(ERROR_KINDS)
 

@@ -32,6 +32,19 @@ def batch_indices(seed: int, step: int, size: int, batch: int) -> IntArray:
     return rng.integers(0, size, size=batch, dtype=np.int64)
 
 
+def shard_indices(
+    seed: int, step: int, size: int, batch: int, rank: int = 0, world: int = 1
+) -> IntArray:
+    """Rank ``rank``'s ``batch`` rows of step ``step``'s global batch of ``batch * world``.
+
+    The global batch is :func:`batch_indices` of the whole size, cut into ``world``
+    consecutive slices: together the ranks train on exactly the samples one process
+    would, so a job re-run or resumed on another number of GPUs sees the same data.
+    """
+    indices = batch_indices(seed, step, size, batch * world)
+    return indices[rank * batch : (rank + 1) * batch]
+
+
 @dataclass(frozen=True)
 class HostBatch:
     """One batch in host memory, as stored (bit-packed planes)."""

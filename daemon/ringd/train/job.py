@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -20,6 +21,7 @@ from types import FrameType
 
 from ringd.train.cache import CacheError
 from ringd.train.encode import Encoder, Geometry, UnknownEncoder, UnsupportedBoard, load_encoder
+from ringd.train.launch import die_with_launcher, env_rank, launched_by_torchrun
 from ringd.train.prepare import Prepared, prepare_holdout, prepare_window
 from ringd.train.protocol import Events, ExitCode, JobFailed, StopFlag
 from ringd.train.spec import JobSpec, SpecError, load_spec
@@ -109,11 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers", type=int, default=None, help="encoding processes (default: all cores)"
     )
     args = parser.parse_args(argv)
+    # Under torchrun every rank runs this; rank 0 alone writes events on stdout.
+    die_with_launcher()
+    rank = env_rank()
+    where = f" [rank {rank}]" if launched_by_torchrun() else ""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s",
     )
+    events = Events() if rank == 0 else Events(open(os.devnull, "w"))  # noqa: SIM115
     stop = StopFlag()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -124,4 +131,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return int(run_job(args.spec, Events(), stop, workers=args.workers))
+    return int(run_job(args.spec, events, stop, workers=args.workers))

@@ -29,7 +29,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from ringd.train.data import HostBatch, IntArray, Window, batch_indices
+from ringd.train.data import HostBatch, IntArray, Window, shard_indices
 from ringd.train.encode import Geometry
 
 Tier = Literal["resident", "pinned", "mmap"]
@@ -190,6 +190,14 @@ def memory_budgets(
 # --------------------------------------------------------------------------- loaders
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which slice of each step's global batch this process takes (one of ``world`` ranks)."""
+
+    rank: int = 0
+    world: int = 1
+
+
 class Loader(Protocol):
     tier: Tier
 
@@ -213,9 +221,12 @@ def open_loader(
     start_step: int,
     stop_step: int,
     prefetch: int,
+    shard: Shard | None = None,
 ) -> Loader:
+    """The loader of ``choice``'s tier; ``batch`` rows a step (a rank's share under ``shard``)."""
+    shard = shard or Shard()
     if choice.tier == "resident":
-        return ResidentLoader(window, device=device, batch=batch, seed=seed)
+        return ResidentLoader(window, device=device, batch=batch, seed=seed, shard=shard)
     if choice.tier == "pinned":
         # The window itself stays pageable: only the batch slots it is gathered into are
         # pinned, and only they are copied to the device. Pinning the whole window would
@@ -238,6 +249,7 @@ def open_loader(
             start_step=start_step,
             stop_step=stop_step,
             prefetch=prefetch,
+            shard=shard,
         )
     pool = ThreadPoolExecutor(MMAP_THREADS, thread_name_prefix="mmap-gather")
 
@@ -255,6 +267,7 @@ def open_loader(
         stop_step=stop_step,
         prefetch=prefetch,
         on_close=pool.shutdown,
+        shard=shard,
     )
 
 
@@ -269,8 +282,17 @@ class ResidentLoader:
 
     tier: Tier = "resident"
 
-    def __init__(self, window: Window, *, device: torch.device, batch: int, seed: int) -> None:
+    def __init__(
+        self,
+        window: Window,
+        *,
+        device: torch.device,
+        batch: int,
+        seed: int,
+        shard: Shard | None = None,
+    ) -> None:
         self._device = _with_index(device)
+        self._shard = shard or Shard()
         self._batch = batch
         self._seed = seed
         self._size = window.size
@@ -302,7 +324,9 @@ class ResidentLoader:
         self._calls = 0
 
     def _indices(self, step: int) -> torch.Tensor:
-        indices = batch_indices(self._seed, step, self._size, self._batch)
+        indices = shard_indices(
+            self._seed, step, self._size, self._batch, self._shard.rank, self._shard.world
+        )
         if self._device.type == "cpu":
             return torch.from_numpy(indices)
         slot = self._calls % INDEX_RING
@@ -363,8 +387,10 @@ class PrefetchLoader:
         stop_step: int,
         prefetch: int,
         on_close: Callable[[], None] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.tier = tier
+        self._shard = shard or Shard()
         self._fill = fill
         self._size = window.size
         self._device = _with_index(device)
@@ -403,7 +429,9 @@ class PrefetchLoader:
                     return
                 if slot.released is not None:
                     slot.released.synchronize()
-                self._fill(batch_indices(self._seed, step, self._size, self._batch), slot.host_np)
+                rank, world = self._shard.rank, self._shard.world
+                indices = shard_indices(self._seed, step, self._size, self._batch, rank, world)
+                self._fill(indices, slot.host_np)
                 if stream is not None:
                     with torch.cuda.stream(stream):
                         slot.device.copy_(slot.host, non_blocking=True)

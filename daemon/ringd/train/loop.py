@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,15 +31,32 @@ from ringd.train.checkpoint import (
     save_checkpoint,
     shape_mismatches,
 )
+from ringd.train.dist import (
+    STOP_CHECK_EVERY,
+    Dist,
+    is_collective_failure,
+    launched_by_torchrun,
+    local_rank,
+)
+from ringd.train.dist import init as init_dist
 from ringd.train.encode import Encoder, Geometry
 from ringd.train.evaluate import Evaluator
 from ringd.train.gpu_util import UtilizationSampler, utilization_reader
-from ringd.train.loader import TierChoice, choose_tier, memory_budgets, open_loader
+from ringd.train.loader import (
+    Shard,
+    TierChoice,
+    choose_tier,
+    cuda_stream,
+    memory_budgets,
+    open_loader,
+)
 from ringd.train.lr import lr_at, warmup_steps
 from ringd.train.model import NetShape, PolicyValueNet, build_model, parameter_count
 from ringd.train.prepare import HeldOutSamples, Prepared
 from ringd.train.protocol import (
     CheckpointEvent,
+    CompileStatus,
+    DistributedInfo,
     DoneEvent,
     EncoderInfo,
     Events,
@@ -54,7 +73,9 @@ from ringd.train.protocol import (
 )
 from ringd.train.spec import JobSpec
 from ringd.train.step import (
+    DDP_GRAPH_WARMUP_STEPS,
     GRAPH_WARMUP_STEPS,
+    Forward,
     StepSettings,
     TrainStep,
     make_optimizer,
@@ -83,11 +104,18 @@ def train(
     started: float,
     holdout: HeldOutSamples | None = None,
 ) -> None:
-    """Train on the prepared window and write the final checkpoint; raise JobFailed if not."""
+    """Train on the prepared window and write the final checkpoint; raise JobFailed if not.
+
+    Launched by torchrun, this process is one rank of a job over several processes: it
+    joins the process group first (see :mod:`ringd.train.dist`).
+    """
+    ranks: Dist | None = None
     try:
         out = Path(spec.output_dir)
         out.mkdir(parents=True, exist_ok=True)  # checkpoints and TensorBoard files
-        device = resolve_device(spec.device)
+        device = resolve_device(spec.device, ranked=launched_by_torchrun())
+        if launched_by_torchrun():
+            ranks = init_dist(device, spec.hyper.dist_timeout_s)
         fingerprint = spec.training_fingerprint()
         resumable = _find_resumable(out, fingerprint)
         if resumable is not None and resumable.path.name == FINAL:
@@ -106,7 +134,8 @@ def train(
             events=events,
             stop=stop,
             started=started,
-            holdout=holdout,
+            holdout=holdout if ranks is None or ranks.main else None,
+            ranks=ranks,
         )
         trainer.train()
     except torch.OutOfMemoryError as e:
@@ -115,6 +144,19 @@ def train(
             f"out of GPU memory: {str(e).splitlines()[0]} (lower hyper.batch_size, "
             "the model size, or hyper.gpu_memory_budget_gb)",
         ) from e
+    except Exception as e:
+        if ranks is None or not is_collective_failure(e):
+            raise
+        first_line = (str(e).strip().splitlines() or [""])[0][:500]
+        ranks = None  # a broken group is not torn down politely: the process exits
+        raise JobFailed(
+            ExitCode.DISTRIBUTED,
+            f"another rank of this job failed or a collective timed out: "
+            f"{type(e).__name__}: {first_line}",
+        ) from e
+    finally:
+        if ranks is not None:
+            ranks.close()
 
 
 @dataclass(frozen=True)
@@ -161,13 +203,31 @@ class Trainer:
         stop: StopFlag,
         started: float,
         holdout: HeldOutSamples | None = None,
+        ranks: Dist | None = None,
     ) -> None:
         hyper = spec.hyper
         self.spec, self.encoder, self.geometry, self.prepared = spec, encoder, geometry, prepared
         self.events, self.stop, self.started = events, stop, started
         self.device = device
+        # Several processes: each takes its slice of every global batch; rank 0 alone
+        # reports and writes checkpoints (ranks is None: one process, rank 0 of 1).
+        self.ranks = ranks
+        self.main = ranks is None or ranks.main
+        world = ranks.world if ranks is not None else 1
+        if hyper.batch_size % world:
+            raise JobFailed(
+                ExitCode.BAD_SPEC,
+                f"hyper.batch_size {hyper.batch_size} does not split evenly over {world} "
+                "processes (each takes an equal slice of the global batch)",
+            )
         self.amp = _configure_device(device)
         use_graph, graph_why = _graph_plan(device, hyper.cuda_graphs)
+        use_compile, compile_why = _compile_plan(device, hyper.compile, hyper.compile_mode)
+        if ranks is not None and use_graph:
+            graph_why += (
+                f"; DDP built on a side stream and {DDP_GRAPH_WARMUP_STEPS} eager DDP warmup "
+                "steps before the capture (PyTorch's recipe for DDP in a CUDA graph)"
+            )
 
         # The model, fresh from the seed; then resumed, warm-started, or left fresh.
         self.shape = NetShape(
@@ -183,6 +243,14 @@ class Trainer:
         )
         self.resumed_from = resumable.path if resumable is not None else None
         self.start_step, self.total_steps, self.losses = self._restore(resumable)
+        if ranks is not None and not ranks.agree(self.start_step, self.total_steps):
+            raise JobFailed(
+                ExitCode.DISTRIBUTED,
+                f"the ranks found different checkpoints in {spec.output_dir} (this one: step "
+                f"{self.start_step} of {self.total_steps}): the spec's output_dir must be "
+                "storage every host of the job shares",
+            )
+        forward = _ddp(self.model, device) if ranks is not None else self.model
         self.lr = functools.partial(
             lr_at,
             total_steps=self.total_steps,
@@ -200,21 +268,28 @@ class Trainer:
                 self.tier,
                 prepared.window,
                 device=device,
-                batch=hyper.batch_size,
+                batch=hyper.batch_size // world,
                 seed=spec.seed,
                 start_step=self.start_step,
                 stop_step=self.total_steps,
                 prefetch=hyper.prefetch,
+                shard=Shard(ranks.rank, world) if ranks is not None else None,
             )
             cleanup.callback(self.loader.close)
             self.step = TrainStep(
-                torch.compile(self.model) if hyper.compile else self.model,
+                forward,
                 self.optimizer,
                 StepSettings(geometry, self.amp, hyper.channels_last),
-                batch_size=hyper.batch_size,
+                batch_size=hyper.batch_size // world,
                 device=device,
                 graph=use_graph,
                 why=graph_why,
+                compile=use_compile,
+                compile_why=compile_why,
+                compile_mode=hyper.compile_mode,
+                whole=ranks is None,
+                warmup_steps=DDP_GRAPH_WARMUP_STEPS if ranks is not None else GRAPH_WARMUP_STEPS,
+                reduce=ranks.mean_ if ranks is not None else None,
             )
             meta = _Meta(
                 spec, encoder, geometry, self.shape, prepared, fingerprint, self.total_steps
@@ -264,16 +339,27 @@ class Trainer:
             self.events.emit(self._start_event())
             self.reporter.begin(self.start_step)
             for i in range(self.start_step, self.total_steps):
-                if self.stop():
+                if self._stopping(i):
                     raise self._interrupted(i)
                 lr = self.lr(i)
                 self.step(self.loader.get(i), lr)
                 done = i + 1
                 if self.reporter.due(done):
                     self.losses = self.reporter.progress(self.step, done, lr)
-                self.checkpointer.save_if_due(done, self.losses)
+                if self.main:
+                    self.checkpointer.save_if_due(done, self.losses)
+            if not self.main:
+                return  # rank 0 writes the final checkpoint and reports done
             final = self.checkpointer.save_final(self.losses)
         self.events.emit(self._done_event(final))
+
+    def _stopping(self, step: int) -> bool:
+        """Whether to stop before ``step``; ranks agree every STOP_CHECK_EVERY steps."""
+        if self.ranks is None:
+            return self.stop()
+        if step % STOP_CHECK_EVERY and step != self.start_step:
+            return False
+        return self.ranks.any(self.stop())
 
     def _restore(self, resumable: _Resumable | None) -> tuple[int, int, LossValues | None]:
         """Resume or warm-start the model; (first step, total steps, last losses)."""
@@ -299,11 +385,14 @@ class Trainer:
         return 0, total_steps, None
 
     def _interrupted(self, step: int) -> JobFailed:
-        saved = self.checkpointer.save_resume(step, self.losses)
+        saved = self.checkpointer.save_resume(step, self.losses) if self.main else None
+        if self.ranks is not None:
+            self.ranks.barrier()  # every rank stays until rank 0's checkpoint is written
+        where = f"; resumable checkpoint {saved.path}" if saved else ""
         return JobFailed(
             ExitCode.INTERRUPTED,
-            f"{self.stop.signal} at step {step} of {self.total_steps}; "
-            f"resumable checkpoint {saved.path}",
+            f"{self.stop.signal or 'a stop on another rank'} at step {step} of "
+            f"{self.total_steps}{where}",
         )
 
     def _start_event(self) -> StartEvent:
@@ -318,6 +407,8 @@ class Trainer:
             amp=str(self.amp).removeprefix("torch.") if self.amp else None,
             loader=LoaderChoice(tier=self.tier.tier, why=self.tier.why),
             cuda_graph=GraphStatus(enabled=self.step.graph_enabled, why=self.step.graph_why),
+            compile=self._compile_status(),
+            distributed=_distributed_info(self.ranks),
             model=ModelInfo(**self.shape.as_dict(), parameters=parameter_count(self.model)),
             resumed_from=str(self.resumed_from) if self.resumed_from else None,
             init_checkpoint=self.spec.init_checkpoint if self.resumed_from is None else None,
@@ -333,9 +424,24 @@ class Trainer:
             seq_first=self.prepared.seq_first,
             seq_last=self.prepared.seq_last,
             cuda_graph=GraphStatus(enabled=self.step.graph_enabled, why=self.step.graph_why),
+            compile=self._compile_status(),
             gpu_util_median=self.reporter.gpu_median(),
             eval=self.checkpointer.last_eval,
         )
+
+    def _compile_status(self) -> CompileStatus:
+        step = self.step
+        return CompileStatus(
+            enabled=step.compile_enabled, why=step.compile_why, seconds=step.compile_seconds
+        )
+
+
+def _distributed_info(ranks: Dist | None) -> DistributedInfo | None:
+    if ranks is None:
+        return None
+    return DistributedInfo(
+        world_size=ranks.world, backend=ranks.backend, local_world_size=ranks.local_world
+    )
 
 
 def _start_event(
@@ -350,6 +456,8 @@ def _start_event(
     amp: str | None,
     loader: LoaderChoice,
     cuda_graph: GraphStatus,
+    compile: CompileStatus,
+    distributed: DistributedInfo | None,
     model: ModelInfo,
     resumed_from: str | None,
     init_checkpoint: str | None,
@@ -378,6 +486,8 @@ def _start_event(
         amp=amp,
         loader=loader,
         cuda_graph=cuda_graph,
+        compile=compile,
+        distributed=distributed,
         model=model,
         resumed_from=resumed_from,
         init_checkpoint=init_checkpoint,
@@ -409,6 +519,8 @@ def _report_finished(
             amp=None,
             loader=LoaderChoice(tier=None, why=already),
             cuda_graph=GraphStatus(enabled=False, why=already),
+            compile=CompileStatus(enabled=False, why=already),
+            distributed=None,
             model=ModelInfo.model_validate(meta["model"]),
             resumed_from=str(final.path),
             init_checkpoint=None,
@@ -424,6 +536,7 @@ def _report_finished(
             seq_first=meta.get("seq_first"),
             seq_last=meta.get("seq_last"),
             cuda_graph=GraphStatus(enabled=False, why=already),
+            compile=CompileStatus(enabled=False, why=already),
             gpu_util_median=None,
             eval=meta.get("eval"),
         )
@@ -485,6 +598,7 @@ class Reporter:
                 eta_s=round(eta, 1) if eta is not None else None,
                 gpu_util=gpu,
                 cuda_graph=step.graph_enabled,
+                compiled=step.compile_enabled,
             )
         )
         for name, value in losses.items():
@@ -666,13 +780,25 @@ def _gpu_sampler(device: torch.device) -> UtilizationSampler | None:
     return UtilizationSampler(reader) if reader else None
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``auto``: the current CUDA device if there is one, else the CPU."""
+def resolve_device(requested: str, *, ranked: bool = False) -> torch.device:
+    """``auto``: the current CUDA device if there is one, else the CPU.
+
+    ``ranked`` (a rank started by torchrun): ``auto`` and ``cuda`` mean GPU LOCAL_RANK
+    of those CUDA_VISIBLE_DEVICES lists (the job's group of GPUs).
+    """
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise JobFailed(ExitCode.BAD_SPEC, f"device {requested!r}: CUDA is not available here")
     device = torch.device("cuda" if requested == "auto" else requested)
+    if ranked:
+        if device.index is not None:
+            raise JobFailed(
+                ExitCode.BAD_SPEC,
+                f"device {requested!r}: a job over several processes takes GPU LOCAL_RANK "
+                "of its group; the spec's device must be auto or cuda",
+            )
+        device = torch.device("cuda", local_rank())
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if device.index >= torch.cuda.device_count():
@@ -693,6 +819,43 @@ def _graph_plan(device: torch.device, wanted: bool) -> tuple[bool, str]:
         f"whole step (unpack, forward, backward, AdamW) captured after "
         f"{GRAPH_WARMUP_STEPS} eager warmup steps"
     )
+
+
+def _compile_plan(device: torch.device, wanted: bool | str, mode: str) -> tuple[bool, str]:
+    """Whether to torch.compile the model, and why (``hyper.compile``: auto, true, false)."""
+    if wanted is False:
+        return False, "hyper.compile is false"
+    if wanted == "auto" and device.type != "cuda":
+        return False, "hyper.compile is auto: a CPU device runs the model uncompiled"
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return True, (
+        f"torch.compile (inductor, mode {mode}) of the model, inside the step; compile "
+        f"cache {cache or 'at inductor default (TORCHINDUCTOR_CACHE_DIR unset)'}"
+    )
+
+
+def _ddp(model: PolicyValueNet, device: torch.device) -> Forward:
+    """``model`` under DistributedDataParallel (gradients all-reduced in its backward).
+
+    On CUDA it is built on a side stream, as PyTorch's notes on DDP in a CUDA graph ask.
+    Buffers (batch norm statistics) are not broadcast each step: they stay per rank,
+    and rank 0's are the ones saved.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Newer torch renames the knob (and still syncs at construction, which is fine here:
+    # every rank starts from the same seed or checkpoint).
+    known = inspect.signature(DistributedDataParallel.__init__).parameters
+    knob = "forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"
+    per_rank: dict[str, Any] = {knob: False}
+    if device.type != "cuda":
+        return DistributedDataParallel(model, **per_rank)
+    side = cuda_stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        ddp = DistributedDataParallel(model, device_ids=[device.index], **per_rank)
+    torch.cuda.current_stream(device).wait_stream(side)
+    return ddp
 
 
 def _pci_bus_id(device: torch.device) -> str | None:

@@ -35,6 +35,7 @@ class ExitCode(enum.IntEnum):
     GPU_OOM = 4  # out of GPU memory: retry with a smaller batch, model or loader budget
     INTERRUPTED = 5  # SIGTERM/SIGINT; a resumable checkpoint was saved when training had begun
     BAD_CHECKPOINT = 6  # init_checkpoint is corrupt, unreadable or does not fit the model
+    DISTRIBUTED = 7  # several processes: another rank died, or a collective timed out
 
 
 ERROR_KINDS: Final[dict[ExitCode, str]] = {
@@ -44,6 +45,7 @@ ERROR_KINDS: Final[dict[ExitCode, str]] = {
     ExitCode.GPU_OOM: "out_of_memory",
     ExitCode.INTERRUPTED: "interrupted",
     ExitCode.BAD_CHECKPOINT: "bad_checkpoint",
+    ExitCode.DISTRIBUTED: "distributed",
 }
 
 EVENT_TYPES: Final = ("start", "progress", "checkpoint", "done", "error")
@@ -78,6 +80,25 @@ class GraphStatus(_Part):
 
     enabled: bool
     why: str
+
+
+class CompileStatus(_Part):
+    """Whether the model is (or was) compiled with torch.compile, why not, and how long it took.
+
+    ``seconds``: the first step's wall time, compiling included (None before it ran).
+    """
+
+    enabled: bool
+    why: str
+    seconds: float | None = None
+
+
+class DistributedInfo(_Part):
+    """One job over several processes (torchrun + DDP): how many, and over what."""
+
+    world_size: int
+    backend: str  # "nccl" (GPUs) or "gloo" (CPU)
+    local_world_size: int | None = None  # processes on this host
 
 
 class EncoderInfo(_Part):
@@ -169,6 +190,8 @@ class StartEvent(_Event):
     amp: str | None = None  # e.g. "bfloat16"; None: float32
     loader: LoaderChoice | None = None
     cuda_graph: GraphStatus | None = None
+    compile: CompileStatus | None = None
+    distributed: DistributedInfo | None = None  # None: one process
     model: ModelInfo | None = None
     resumed_from: str | None = None
     init_checkpoint: str | None = None
@@ -185,6 +208,7 @@ class ProgressEvent(_Losses):
     eta_s: float | None = None
     gpu_util: Number | None = None  # percent; None off CUDA or without NVML
     cuda_graph: bool | None = None  # False once a failed capture fell back to eager
+    compiled: bool | None = None  # False once a failed compile fell back to the plain model
 
 
 class CheckpointEvent(_Event):
@@ -209,6 +233,7 @@ class DoneEvent(_Losses):
     seq_first: int | None = None
     seq_last: int | None = None
     cuda_graph: GraphStatus | None = None
+    compile: CompileStatus | None = None
     gpu_util_median: Number | None = None
     eval: HeldOutEval | None = None  # the final checkpoint's held-out metrics
 

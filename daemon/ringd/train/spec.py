@@ -71,7 +71,10 @@ class Hyper(_Model):
     warmup_steps: int = Field(default=100, ge=0)
     channels: int = Field(default=64, ge=1)
     blocks: int = Field(default=6, ge=0)
-    compile: bool = False
+    # auto: torch.compile (inductor) on CUDA, eager on a CPU (where compiling costs more
+    # than it gains on small nets); true/false force it. A failed compile falls back.
+    compile: bool | Literal["auto"] = "auto"
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     cuda_graphs: bool = True
     channels_last: bool = True
     loader: Literal["auto", "resident", "pinned", "mmap"] = "auto"
@@ -80,6 +83,8 @@ class Hyper(_Model):
     host_memory_budget_gb: float | None = Field(default=None, gt=0)
     checkpoint_every_s: float = Field(default=600.0, gt=0)
     log_every: int = Field(default=10, ge=1)
+    # Several processes (torchrun): how long a collective may wait for a missing rank.
+    dist_timeout_s: float = Field(default=600.0, gt=0)
 
 
 class HoldOut(_Model):

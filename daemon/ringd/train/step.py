@@ -6,10 +6,18 @@ once as a CUDA graph, the whole step (unpacking the planes included) is one laun
 Capturing needs fixed addresses, so the graph reads its batch from static buffers
 that each step copies the loader's batch into (a device-to-device copy of the packed
 batch: a few hundred KB), and its learning rate from a device tensor.
+
+Compiled (``torch.compile``, inductor's default mode), the model's elementwise work
+(batch norm, ReLU, the residual adds, in both directions) runs fused in generated
+kernels, and the whole step is still captured as one graph around them: the compile
+happens in the first warmup step, the capture records the compiled kernels. If
+compiling fails, the step runs the plain model and says why.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +29,15 @@ from torch import nn
 from ringd.train.encode import Geometry
 from ringd.train.loader import PackedBatch, cuda_stream, unpack_planes
 
+log = logging.getLogger(__name__)
+
 # Eager steps before the capture (on a side stream, as PyTorch's whole-network capture
 # recipe does): they let the autograd engine, cuDNN and the optimizer allocate their
 # state, which must exist before capture. They are real steps on real batches.
 GRAPH_WARMUP_STEPS = 3
+# Under DDP, PyTorch's CUDA graph notes ask for 11 DDP-enabled eager iterations before
+# capture (DDP, built on a side stream, settles its buckets and hooks during them).
+DDP_GRAPH_WARMUP_STEPS = 11
 
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -64,7 +77,22 @@ class LossAverages:
 
 def compute_losses(forward: Forward, batch: PackedBatch, settings: StepSettings) -> Losses:
     """Policy cross-entropy + value MSE (and policy accuracy) of ``forward`` on a batch."""
-    x = unpack_planes(batch.planes, settings.geometry, settings.amp or torch.float32)
+    terms = loss_terms(forward, batch.planes, batch.policy, batch.value, settings)
+    return Losses(*terms)
+
+
+Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def loss_terms(
+    forward: Forward,
+    planes: torch.Tensor,
+    policy_target: torch.Tensor,
+    value_target: torch.Tensor,
+    settings: StepSettings,
+) -> Terms:
+    """(loss, policy loss, value loss, policy accuracy) from the packed batch's tensors."""
+    x = unpack_planes(planes, settings.geometry, settings.amp or torch.float32)
     if settings.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     # cache_enabled=False: autocast's weight cache does not survive CUDA graph capture.
@@ -76,11 +104,24 @@ def compute_losses(forward: Forward, batch: PackedBatch, settings: StepSettings)
     ):
         policy, value = forward(x)
     policy, value = policy.float(), value.float()
-    target = batch.policy.long()
+    target = policy_target.long()
     policy_loss = F.cross_entropy(policy, target)
-    value_loss = F.mse_loss(value, batch.value)
+    value_loss = F.mse_loss(value, value_target)
     accuracy = (policy.argmax(1) == target).float().mean()
-    return Losses(policy_loss + value_loss, policy_loss, value_loss, accuracy)
+    return policy_loss + value_loss, policy_loss, value_loss, accuracy
+
+
+class _LossModule(nn.Module):
+    """:func:`loss_terms` of a network as a module: what torch.compile takes whole, so
+    that unpacking the planes and the losses fuse with the network's own kernels."""
+
+    def __init__(self, net: Forward, settings: StepSettings) -> None:
+        super().__init__()
+        self.net = net
+        self.settings = settings
+
+    def forward(self, planes: torch.Tensor, policy: torch.Tensor, value: torch.Tensor) -> Terms:
+        return loss_terms(self.net, planes, policy, value, self.settings)
 
 
 def make_optimizer(
@@ -128,11 +169,28 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
+def compile_forward(forward: Callable[..., Any], mode: str = "default") -> Callable[..., Any]:
+    """``forward`` through torch.compile (inductor, static shapes) in ``mode``.
+
+    ``default`` or ``max-autotune-no-cudagraphs`` (which also times Triton templates
+    against cuDNN/cuBLAS for the convolutions and matmuls: slower to compile); never
+    ``reduce-overhead``: that mode captures CUDA graphs of its own, and the step is
+    captured whole already. Compiling happens at the first call.
+    """
+    return torch.compile(forward, mode=mode, dynamic=False)
+
+
 class TrainStep:
     """Runs training steps: eagerly, or by replaying one captured CUDA graph.
 
     Loss terms are summed on the device (inside the graph too) and read only when
-    the loop logs, so a step never waits for the device.
+    the loop logs, so a step never waits for the device. ``compile``: run ``forward``
+    through ``torch.compile`` (``compile_why`` says why or why not; after the first
+    step ``compile_seconds`` is that step's wall time, compiling included).
+    ``reduce``: averages the loss sums over the ranks of a distributed job in place
+    (every rank reads its losses at the same steps). ``whole``: compile the losses with
+    the model (unpacking and losses fuse too); under DDP only the DDP module is compiled,
+    the way torch.compile's DDP support expects it.
     """
 
     def __init__(
@@ -145,22 +203,73 @@ class TrainStep:
         device: torch.device,
         graph: bool,
         why: str,
+        compile: bool = False,
+        compile_why: str = "",
+        compile_mode: str = "default",
+        whole: bool = True,
+        warmup_steps: int = GRAPH_WARMUP_STEPS,
+        reduce: Callable[[torch.Tensor], None] | None = None,
     ) -> None:
-        self._forward = forward
+        self._plain: Callable[..., Terms] = _LossModule(forward, settings)
+        self._terms: Callable[..., Terms] = self._plain
+        if compile and whole:
+            self._terms = compile_forward(self._plain, compile_mode)
+        elif compile:
+            self._terms = _LossModule(compile_forward(forward, compile_mode), settings)
         self._optimizer = optimizer
         self._settings = settings
         self._device = device
         self.graph_enabled = graph
         self.graph_why = why
+        self.compile_enabled = compile
+        self.compile_why = compile_why
+        self.compile_seconds: float | None = None
+        self._first = True
+        self._reduce = reduce
         self._sums = torch.zeros(4, device=device)
         self._count = 0
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._warmups_left = GRAPH_WARMUP_STEPS
+        self._warmups_left = warmup_steps
         self._static = PackedBatch.empty(batch_size, settings.geometry, device) if graph else None
 
     def __call__(self, batch: PackedBatch, lr: float) -> None:
         set_lr(self._optimizer, lr)
         self._count += 1
+        if self._first:
+            self._first_step(batch)
+        else:
+            self._step(batch)
+
+    def _first_step(self, batch: PackedBatch) -> None:
+        """The first step compiles (when asked to); if compiling fails, the plain model runs."""
+        started = time.perf_counter()
+        try:
+            self._step(batch)
+            self._sync()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            if not self.compile_enabled:
+                raise
+            first_line = (str(e).strip().splitlines() or [""])[0][:500]
+            self.compile_enabled = False
+            self.compile_why = (
+                f"compiling failed, running the model uncompiled: {type(e).__name__}: {first_line}"
+            )
+            log.warning("%s", self.compile_why)
+            self._terms = self._plain
+            self._optimizer.zero_grad(set_to_none=True)
+            self._sync()
+            self._step(batch)  # the same step again, uncompiled
+            self._sync()
+        self.compile_seconds = round(time.perf_counter() - started, 3)
+        self._first = False
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+    def _step(self, batch: PackedBatch) -> None:
         if self._static is None:
             self._eager(batch)
             return
@@ -183,16 +292,17 @@ class TrainStep:
         """Averages since the last call (waits for the device), or None if no step ran."""
         if self._count == 0:
             return None
+        if self._reduce is not None:
+            self._reduce(self._sums)
         loss, policy_loss, value_loss, acc = (self._sums / self._count).tolist()
         self._count = 0
         self._sums.zero_()
         return LossAverages(loss, policy_loss, value_loss, acc)
 
     def _body(self, batch: PackedBatch) -> None:
-        losses = compute_losses(self._forward, batch, self._settings)
-        losses.loss.backward()  # type: ignore[no-untyped-call]
+        terms = self._terms(batch.planes, batch.policy, batch.value)
+        terms[0].backward()  # type: ignore[no-untyped-call]
         self._optimizer.step()
-        terms = (losses.loss, losses.policy_loss, losses.value_loss, losses.policy_acc)
         self._sums.add_(torch.stack([t.detach() for t in terms]))
 
     def _eager(self, batch: PackedBatch) -> None:

@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
+from ringd.train.launch import env_rank
+
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +43,9 @@ class _TensorBoard:
 
 
 def open_scalars(folder: Path) -> Scalars:
+    """TensorBoard curves under ``folder``; none on ranks other than 0 of a multi-process job."""
+    if env_rank() != 0:
+        return _NoScalars()
     try:
         return _TensorBoard(folder)
     except ImportError as e:
