@@ -345,3 +345,67 @@ def test_an_interrupted_job_is_resumed_first_when_new_games_arrived_meanwhile(
         ("interrupted", "info"),
         ("succeeded", "info"),
     ]
+
+
+def test_gpus_per_job_groups_slots_and_the_job_runs_under_torchrun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ringd.service.jobs import Slot, detect_slots, trainer_argv, trainer_env
+    from ringd.settings import Settings, TrainingSettings
+
+    assert detect_slots([0, 1, 2, 3], 2) == [
+        Slot("cuda:0,1", "cuda", "0,1", 2),
+        Slot("cuda:2,3", "cuda", "2,3", 2),
+    ]
+    assert [s.name for s in detect_slots([0, 1, 2, 3, 4, 5, 6, 7], 3)] == [
+        "cuda:0,1,2",
+        "cuda:3,4,5",
+    ]
+    assert detect_slots([4, 5], 4) == [Slot("cuda:4,5", "cuda", "4,5", 2)]  # all there is
+    assert detect_slots([0, 1], 1) == [Slot("cuda:0", "cuda", "0"), Slot("cuda:1", "cuda", "1")]
+    assert detect_slots("cpu", 2) == [Slot("cpu", "cpu", "", 2)]  # two gloo processes
+
+    spec = tmp_path / "spec.json"
+    plain = TrainingSettings()
+    one = Slot("cuda:3", "cuda", "3")
+    assert trainer_argv(plain, one, spec, "j") == [sys.executable, "-m", "ringd.train", str(spec)]
+    pair = Slot("cuda:0,1", "cuda", "0,1", 2)
+    assert trainer_argv(plain, pair, spec, "j") == [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "ringd.train", str(spec),
+    ]  # fmt: skip
+    hosts = TrainingSettings.model_validate(
+        {
+            "gpus_per_job": 8,
+            "launcher": {
+                "nnodes": 2,
+                "rdzv_endpoint": "node0:29400",
+                "max_restarts": 1,
+                "prefix": ["srun", "--nodes=2", "--ntasks-per-node=1"],
+            },
+        }
+    )
+    eight = Slot("cuda:0,1,2,3,4,5,6,7", "cuda", "0,1,2,3,4,5,6,7", 8)
+    assert trainer_argv(hosts, eight, spec, "square8_2p-000000001-000000009") == [
+        "srun", "--nodes=2", "--ntasks-per-node=1",
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=8",
+        "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400",
+        "--rdzv-id=square8_2p-000000001-000000009", "--max-restarts=1",
+        "-m", "ringd.train", str(spec),
+    ]  # fmt: skip
+    custom = TrainingSettings.model_validate({"gpus_per_job": 2, "command": ["my-trainer"]})
+    assert trainer_argv(custom, pair, spec, "j") == ["my-trainer", str(spec)]
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        TrainingSettings.model_validate({"launcher": {"nnodes": 2, "rdzv_endpoint": "node0"}})
+
+    settings = Settings.model_validate(
+        {"state_dir": str(tmp_path / "var"), "training": {"grace_s": 45}}
+    )
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    env = trainer_env(settings, pair)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    cache = tmp_path / "var" / "compile-cache"
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(cache / "inductor")
+    assert env["TRITON_CACHE_DIR"] == str(cache / "triton")
+    assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "45"

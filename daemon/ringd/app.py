@@ -36,7 +36,12 @@ def build(config_path: Path, settings: Settings, notifier: Notifier | None = Non
         observer=Observer(settings.watch, ingest, bus),
         ramdisk=RamdiskStage(settings.ramdisk, bus),
         scheduler=Scheduler(
-            settings, detect_slots(settings.training.devices), runner, reader, bus, metrics
+            settings,
+            detect_slots(settings.training.devices, settings.training.gpus_per_job),
+            runner,
+            reader,
+            bus,
+            metrics,
         ),
         runner=runner,
         models=ModelRegistry(settings, bus),

@@ -163,10 +163,38 @@ class HoldoutSettings(_Model):
     min_samples: StrictInt = Field(default=200, ge=0)
 
 
+def _check_endpoint_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, e.g. node0:29400 (got {value!r})")
+    return value
+
+
+class LauncherSettings(_Model):
+    """One job over several hosts: torchrun agents meeting at a c10d rendezvous.
+
+    The daemon runs `prefix` + `torchrun --nnodes=N --rdzv-backend=c10d ...`; the prefix
+    (Slurm's `srun`, a site script) starts one agent on each of the job's hosts. The
+    spec, the samples and the output folder must be on storage every host shares.
+    """
+
+    nnodes: StrictInt = Field(ge=1, le=1024)
+    rdzv_endpoint: Annotated[str, AfterValidator(_check_endpoint_port)]
+    # Restarts of the whole job after a rank fails (each resumes from its last checkpoint).
+    max_restarts: StrictInt = Field(default=0, ge=0, le=100)
+    # argv that places one torchrun agent per host, e.g. [srun, --nodes=2, --ntasks-per-node=1].
+    prefix: list[str] = Field(default_factory=list)
+
+
 class TrainingSettings(_Model):
     enabled: bool = True
     # One job slot per entry: `auto` finds the GPUs, `cpu` is one CPU slot.
     devices: Devices = "auto"
+    # > 1: one job over that many GPUs (torchrun + DDP); the slots become groups of that
+    # many GPUs (a GPU left over forms no slot). On a CPU slot: that many processes (gloo).
+    gpus_per_job: StrictInt = Field(default=1, ge=1, le=64)
+    # Several hosts per job (torchrun's c10d rendezvous); null: the job stays on this host.
+    launcher: LauncherSettings | None = None
     # argv of a custom trainer; the job spec's path is appended.
     command: list[str] | None = None
     encoder: str = "grid"

@@ -60,19 +60,93 @@ SHUTDOWN_REASON = "the daemon is stopping"
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    name: str  # "cpu" or "cuda:N"
+    name: str  # "cpu", "cuda:N", or a group "cuda:N,M,..."
     device: str  # what the spec asks for: "cpu" or "cuda"
-    cuda_visible_devices: str  # "" hides every GPU
+    cuda_visible_devices: str  # "" hides every GPU; a group lists its GPUs
+    processes: int = 1  # > 1: one job over that many processes (torchrun), one a GPU
 
 
-def detect_slots(devices: str | list[int]) -> list[Slot]:
-    """One slot per GPU (`auto`: found by NVML or nvidia-smi), else one CPU slot."""
+def detect_slots(devices: str | list[int], gpus_per_job: int = 1) -> list[Slot]:
+    """One slot per GPU (`auto`: found by NVML or nvidia-smi), else one CPU slot.
+
+    `gpus_per_job` > 1: a slot is a group of that many GPUs, in order (GPUs left over
+    form no slot; with fewer GPUs than that, one group of all). A CPU slot then runs
+    that many processes.
+    """
     if devices == "cpu":
-        return [Slot("cpu", "cpu", "")]
+        return [Slot("cpu", "cpu", "", gpus_per_job)]
     indices = devices if isinstance(devices, list) else _find_gpus()
     if not indices:
-        return [Slot("cpu", "cpu", "")]
-    return [Slot(f"cuda:{i}", "cuda", str(i)) for i in indices]
+        return [Slot("cpu", "cpu", "", gpus_per_job)]
+    if gpus_per_job == 1:
+        return [Slot(f"cuda:{i}", "cuda", str(i)) for i in indices]
+    if len(indices) < gpus_per_job:
+        log.warning(
+            "fewer GPUs than training.gpus_per_job: one job over all of them",
+            gpus=indices,
+            gpus_per_job=gpus_per_job,
+        )
+        groups = [indices]
+    else:
+        count = len(indices) // gpus_per_job
+        groups = [indices[k * gpus_per_job : (k + 1) * gpus_per_job] for k in range(count)]
+        if left := indices[count * gpus_per_job :]:
+            log.warning("GPUs in no job slot (training.gpus_per_job)", gpus=left)
+    return [
+        Slot("cuda:" + ",".join(map(str, g)), "cuda", ",".join(map(str, g)), len(g)) for g in groups
+    ]
+
+
+def trainer_argv(training: TrainingSettings, slot: Slot, spec: Path, job: str) -> list[str]:
+    """The job's command line: `python -m ringd.train SPEC`, under torchrun for several ranks.
+
+    A custom `training.command` gets the spec's path appended and runs as it is (the
+    slot's GPUs are in its CUDA_VISIBLE_DEVICES). Several processes on this host:
+    `torchrun --standalone --nproc-per-node=N` (the venv's own torchrun, as `python -m
+    torch.distributed.run`). `training.launcher`: `prefix` + torchrun with `--nnodes`,
+    a c10d rendezvous at `rdzv_endpoint` named after the job, and `--max-restarts`.
+    """
+    if training.command:
+        return [*training.command, str(spec)]
+    module = ["-m", "ringd.train", str(spec)]
+    launcher = training.launcher
+    if slot.processes == 1 and launcher is None:
+        return [sys.executable, *module]
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    per_node = f"--nproc-per-node={slot.processes}"
+    if launcher is None:
+        return [*torchrun, "--standalone", per_node, *module]
+    return [
+        *launcher.prefix,
+        *torchrun,
+        f"--nnodes={launcher.nnodes}",
+        per_node,
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={launcher.rdzv_endpoint}",
+        f"--rdzv-id={job}",
+        f"--max-restarts={launcher.max_restarts}",
+        *module,
+    ]
+
+
+def trainer_env(settings: Settings, slot: Slot) -> dict[str, str]:
+    """The job's environment: its GPUs, and where compiled kernels are cached.
+
+    The compile cache (inductor's and Triton's) lives under `state_dir/compile-cache`,
+    so the second job of a configuration reuses the first one's kernels (unless the
+    daemon's own environment names other folders). torchrun waits `grace_s` for its
+    ranks to stop (and save) before it kills them.
+    """
+    cache = settings.state_dir / "compile-cache"
+    return {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices,
+        "PYTHONUNBUFFERED": "1",
+        "TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        or str(cache / "inductor"),
+        "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR") or str(cache / "triton"),
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(1, round(settings.training.grace_s))),
+    }
 
 
 def _find_gpus() -> list[int]:
@@ -149,13 +223,9 @@ class JobRunner:
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"
         write_bytes_atomically(spec_path, spec.model_dump_json(indent=1).encode())
-        argv = [*(training.command or [sys.executable, "-m", "ringd.train"]), str(spec_path)]
+        argv = trainer_argv(training, slot, spec_path, job.id)
         await _stop_leftover(folder / "job.pid", spec_path, self.settings.training.grace_s)
-        env = {
-            **os.environ,
-            "CUDA_VISIBLE_DEVICES": slot.cuda_visible_devices,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = trainer_env(self.settings, slot)
         with open(folder / "job.log", "ab") as stderr:
             try:
                 process = await asyncio.create_subprocess_exec(
