@@ -1,4 +1,4 @@
-"""Training throughput: the real job beside its limit and beside the old way, same model.
+"""Training throughput: the real job beside its limits and beside the old way, same model.
 
     PYTHONPATH=daemon python bench/train.py            # on the GPU host (defaults below)
     .venv/bin/python bench/train.py --quick            # tiny, on the CPU: checks the script
@@ -6,16 +6,27 @@
 For each case (config, batch size), with a 128-channel, 10-block net by default:
 
 1. job: ``python -m ringd.train SPEC`` as the daemon runs it (sample cache already
-   filled, loader tier chosen by the job, CUDA graph); samples/s is the median of its
-   progress events after the first quarter (start-up, warmup and capture excluded).
-2. limit: the same model's whole training step captured as one CUDA graph and replayed
-   on a batch already on the GPU: nothing left to feed. The job's target is >= 0.9x.
-3. eager + get_batch: plain eager PyTorch fed by a per-sample ``get_batch`` loop on the
-   host (the old pipeline's way).
+   filled, loader tier chosen by the job, CUDA graph, the model compiled: ``hyper.compile``
+   is ``auto``); samples/s is the median of its progress events after the first quarter
+   (start-up, compiling, warmup and capture excluded). Its compile time is the first
+   step's (the ``done`` event's ``compile.seconds``): with an empty compile cache
+   (first job) and again with the cache the first job filled (second job).
+2. job, uncompiled: the same with ``hyper.compile: false`` (the job before compiling).
+3. limit: the same model's whole training step captured as one CUDA graph and replayed
+   on a batch already on the GPU: nothing left to feed. ``compiled limit``: the same
+   with the model compiled. The job's targets: >= 0.9x its limit, >= 1.2x the
+   uncompiled limit.
+4. eager + get_batch (unless --no-eager): plain eager PyTorch fed by a per-sample
+   ``get_batch`` loop on the host (the old pipeline's way).
+5. with --torchrun: the job as ``torchrun --nproc-per-node=1`` (DDP of one rank, its
+   CUDA graph after DDP's warmup): what DDP costs a step on one GPU.
 
+MFU: the model's FLOPs per sample (``torch.utils.flop_counter.FlopCounterMode`` over a
+forward and backward) x samples/s / the GPU's dense bf16 peak (PEAK_BF16, by name).
 GPU utilisation (NVML, else nvidia-smi) is sampled every 0.2 s during each. Cases
 default to square8_2p at batch 256 and 1024 and hexagonal_2p at batch 1024. Figures
-are medians; the corpus and the sample cache are built once under --dir and reused.
+are medians; the corpus and the sample cache are built once under --dir and reused;
+the compile cache (--dir/compile-cache) is emptied at the start.
 """
 
 from __future__ import annotations
@@ -48,6 +59,8 @@ from ringd.train.step import GRAPH_WARMUP_STEPS, StepSettings, TrainStep, make_o
 REPO = Path(__file__).resolve().parents[1]
 LR = 2e-3
 GAMES = {"square8_2p": 2000, "square19_2p": 400, "hex8_2p": 1500, "hexagonal_2p": 500}
+# Dense bf16 tensor-core peaks (TFLOP/s, datasheets, SXM parts), by a part of the name.
+PEAK_BF16 = {"H200": 989, "H100 PCIe": 756, "H100": 989, "A100": 312, "L40S": 362, "L4": 121}
 
 
 @dataclass
@@ -55,6 +68,31 @@ class Figure:
     samples_per_s: float
     gpu_util: float | None = None
     note: str = ""
+    compile_s: float | None = None  # the first step's time, compiling included
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The GPU's dense bf16 peak in FLOP/s (None: not in PEAK_BF16, or not a GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for part, tflops in PEAK_BF16.items():
+        if part in name:
+            return tflops * 1e12
+    return None
+
+
+def flops_per_sample(shape: NetShape, geometry: Geometry) -> float:
+    """Model FLOPs of one sample's forward and backward, counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(shape, seed=0)
+    n = 4
+    x = torch.zeros(n, geometry.planes, geometry.height, geometry.width)
+    with FlopCounterMode(display=False) as counter:
+        policy, value = model(x)
+        (policy.float().sum() + value.float().sum()).backward()  # type: ignore[no-untyped-call]
+    return float(counter.get_total_flops()) / n
 
 
 def sync(device: torch.device) -> None:
@@ -112,6 +150,9 @@ def limit(
     batch: int,
     device: torch.device,
     seconds: float,
+    compile: bool = False,
+    mode: str = "default",
+    profile: bool = False,
 ) -> Figure:
     """The whole step as one CUDA graph, replayed on a batch already on the device."""
     cuda = device.type == "cuda"
@@ -119,7 +160,8 @@ def limit(
     optimizer = make_optimizer(model, lr=LR, weight_decay=1e-4, device=device, for_graph=cuda)
     step = TrainStep(
         model, optimizer, StepSettings(geometry, amp_of(device), True),
-        batch_size=batch, device=device, graph=cuda, why="bench",
+        batch_size=batch, device=device, graph=cuda, why="bench", compile=compile,
+        compile_mode=mode,
     )  # fmt: skip
     packed = device_batch(arrays, batch, device)
     for _ in range(GRAPH_WARMUP_STEPS + 2):  # eager warmups, then the capture
@@ -127,9 +169,29 @@ def limit(
     sync(device)
     if cuda and not step.graph_enabled:
         return Figure(0.0, None, f"capture failed: {step.graph_why}")
+    if compile and not step.compile_enabled:
+        return Figure(0.0, None, step.compile_why)
     figure = timed(step.replay_static if cuda else lambda: step(packed, LR), device, batch, seconds)
     figure.note = "CUDA graph" if cuda else "eager (no CUDA graphs on a CPU)"
+    figure.compile_s = step.compile_seconds if compile else None
+    if profile and cuda:
+        kernels(step, device)
     return figure
+
+
+def kernels(step: TrainStep, device: torch.device, top: int = 25) -> None:
+    """The step's GPU kernels by time (graph replays traced kernel by kernel)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step.replay_static()
+        sync(device)
+    print(
+        prof.key_averages().table(
+            sort_by="cuda_time_total", row_limit=top, max_name_column_width=70
+        )
+    )
 
 
 def eager_per_sample(
@@ -171,24 +233,35 @@ def job(
     steps: int,
     device: torch.device,
     loader: str = "auto",
+    compile: bool | str = "auto",
+    torchrun: bool = False,
+    name: str = "job",
 ) -> Figure:
-    """``python -m ringd.train`` on the cached window; steady-state samples/s and GPU use."""
-    out = folder / f"job-{config}-{batch}"
+    """``python -m ringd.train`` on the cached window; steady-state samples/s and GPU use.
+
+    ``torchrun``: started as ``torchrun --standalone --nproc-per-node=1`` (DDP, one rank).
+    """
+    out = folder / f"{name}-{config}-{batch}"
     shutil.rmtree(out, ignore_errors=True)  # never resume a previous run's checkpoint
     spec = write_spec(
-        folder / f"job-{config}-{batch}.json", config, spans, folder,
-        output_dir=str(out), device=str(device), job_id=f"bench-{config}-{batch}",
+        folder / f"{name}-{config}-{batch}.json", config, spans, folder,
+        output_dir=str(out), device="cuda" if device.type == "cuda" else "cpu",
+        job_id=f"bench-{config}-{batch}",
         hyper={
             "batch_size": batch, "steps": steps, "channels": shape.channels, "blocks": shape.blocks,
             "log_every": max(5, steps // 40), "checkpoint_every_s": 1e9, "loader": loader,
+            "compile": compile,
         },
     )  # fmt: skip
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO / "daemon"), env.get("PYTHONPATH")) if p
     )
+    if device.type == "cuda" and device.index is not None:
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", str(device.index))
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ringd.train", str(spec)],
+        [*(run if torchrun else [sys.executable]), "-m", "ringd.train", str(spec)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -200,7 +273,11 @@ def job(
     sampling = False
     for line in proc.stdout:
         events.append(json.loads(line))
-        if events[-1]["event"] == "start" and gpu:  # sample the training, not the start-up
+        event = events[-1]
+        # Sample the steady training (the steps the rate is taken over), not the start-up
+        # and the compiling.
+        steady = event["event"] == "progress" and event["step"] >= steps // 4
+        if steady and gpu and not sampling:
             gpu.__enter__()
             sampling = True
         if events[-1]["event"] in ("done", "error") and gpu and sampling:
@@ -214,8 +291,14 @@ def job(
     steady = progress[len(progress) // 4 :] or progress
     rate = statistics.median(e["samples_per_s"] for e in steady)
     done = events[-1]
-    note = f"loader {start['loader']['tier']}, graph {'on' if done['cuda_graph']['enabled'] else 'off'}"
-    return Figure(rate, gpu.median() if gpu else None, note)
+    compiled = done["compile"]
+    note = (
+        f"loader {start['loader']['tier']}, graph {'on' if done['cuda_graph']['enabled'] else 'off'}"
+        f", compiled {'yes' if compiled['enabled'] else 'no'}"
+    )
+    if compile is not False and not compiled["enabled"]:
+        note += f" ({compiled['why']})"
+    return Figure(rate, gpu.median() if gpu else None, note, compiled.get("seconds"))
 
 
 def case(
@@ -225,39 +308,119 @@ def case(
     args: argparse.Namespace,
     device: torch.device,
     games: int,
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
+    """(throughput row, compile-time row) of one case."""
     prepared: Prepared
     prepared, geometry, spans = prepared_window(folder, config, games)
     shape = NetShape(geometry.planes, geometry.height, geometry.width, args.channels, args.blocks)
     seconds = args.seconds
     arrays = host_arrays(prepared)
-    print(f"\n{config} batch {batch}: window {prepared.window.size:,} samples", flush=True)
+    per_sample = flops_per_sample(shape, geometry)
+    peak = peak_flops(device)
+    print(
+        f"\n{config} batch {batch}: window {prepared.window.size:,} samples; "
+        f"{per_sample / 1e9:.3f} GFLOP per sample (forward + backward)",
+        flush=True,
+    )
+
+    def mfu(f: Figure) -> str:
+        return f"{100 * per_sample * f.samples_per_s / peak:.1f}%" if peak else "-"
+
+    def release() -> None:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     top = limit(arrays, geometry, shape, batch, device, seconds)
-    print(f"  limit: {top.samples_per_s:,.0f} samples/s ({top.note})", flush=True)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    steps = int(min(50_000, max(60, top.samples_per_s * seconds * 1.5 / batch)))
-    real = job(folder, config, spans, shape, batch, steps, device, args.loader)
-    print(f"  job: {real.samples_per_s:,.0f} samples/s ({real.note}; {steps} steps)", flush=True)
-    old = eager_per_sample(arrays, geometry, shape, batch, device, seconds)
-    print(f"  eager + per-sample get_batch: {old.samples_per_s:,.0f} samples/s", flush=True)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    print(f"  limit (uncompiled): {top.samples_per_s:,.0f} samples/s, MFU {mfu(top)}", flush=True)
+    release()
+    if args.limits_only:
+        ctop = limit(
+            arrays, geometry, shape, batch, device, seconds, compile=True, mode=args.compile_mode,
+            profile=args.profile,
+        )  # fmt: skip
+        print(
+            f"  compiled limit ({args.compile_mode}): {ctop.samples_per_s:,.0f} samples/s, "
+            f"MFU {mfu(ctop)}; first step {ctop.compile_s} s",
+            flush=True,
+        )
+        return [], []
+    compiling = device.type == "cuda" or args.compile_on_cpu
+    want: bool | str = True if compiling else "auto"
+    # The job's steps: about 1.5 x --seconds at the compiled rate (guessed 1.3x the limit).
+    steps = int(min(50_000, max(60, top.samples_per_s * 1.3 * seconds * 1.5 / batch)))
+    real = job(folder, config, spans, shape, batch, steps, device, args.loader, compile=want)
+    print(
+        f"  job: {real.samples_per_s:,.0f} samples/s, MFU {mfu(real)} ({real.note}; "
+        f"{steps} steps; first step {real.compile_s} s)",
+        flush=True,
+    )
+    again = job(folder, config, spans, shape, batch, 60, device, args.loader, compile=want)
+    print(f"  second job (compile cache filled): first step {again.compile_s} s", flush=True)
+    ctop = Figure(0.0, note="not compiled")
+    if compiling:
+        ctop = limit(arrays, geometry, shape, batch, device, seconds, compile=True)
+        print(
+            f"  compiled limit: {ctop.samples_per_s:,.0f} samples/s, MFU {mfu(ctop)} {ctop.note}",
+            flush=True,
+        )
+        release()
+    plain_steps = int(min(50_000, max(60, top.samples_per_s * seconds * 1.5 / batch)))
+    plain = job(
+        folder, config, spans, shape, batch, plain_steps, device, args.loader, compile=False,
+        name="plain",
+    )  # fmt: skip
+    print(f"  job uncompiled: {plain.samples_per_s:,.0f} samples/s, MFU {mfu(plain)}", flush=True)
+    ddp = None
+    if f"{config}:{batch}" in args.torchrun.split(","):
+        ddp = job(
+            folder, config, spans, shape, batch, steps, device, args.loader, compile=want,
+            torchrun=True, name="ddp1",
+        )  # fmt: skip
+        print(
+            f"  torchrun, 1 rank (DDP): {ddp.samples_per_s:,.0f} samples/s, MFU {mfu(ddp)} "
+            f"({ddp.note}; first step {ddp.compile_s} s)",
+            flush=True,
+        )
+    old = None
+    if not args.no_eager:
+        old = eager_per_sample(arrays, geometry, shape, batch, device, seconds)
+        print(f"  eager + per-sample get_batch: {old.samples_per_s:,.0f} samples/s", flush=True)
+        release()
 
-    def util(f: Figure) -> str:
-        return f"{f.gpu_util:.0f}%" if f.gpu_util is not None else "-"
+    def util(f: Figure | None) -> str:
+        return f"{f.gpu_util:.0f}%" if f is not None and f.gpu_util is not None else "-"
 
-    return [
+    def rate(f: Figure | None) -> str:
+        return f"{f.samples_per_s:,.0f}" if f is not None and f.samples_per_s else "-"
+
+    def ratio(a: Figure | None, b: Figure | None) -> str:
+        if a is None or b is None or not a.samples_per_s or not b.samples_per_s:
+            return "-"
+        return f"{a.samples_per_s / b.samples_per_s:.2f}x"
+
+    row = [
         f"{config} b{batch}",
-        f"{real.samples_per_s:,.0f}",
-        f"{top.samples_per_s:,.0f}",
-        f"{real.samples_per_s / top.samples_per_s:.2f}x" if top.samples_per_s else "-",
-        f"{old.samples_per_s:,.0f}",
-        f"{real.samples_per_s / old.samples_per_s:.1f}x",
-        f"{util(real)} / {util(top)} / {util(old)}",
+        f"{rate(real)} ({mfu(real)})",
+        f"{rate(plain)} ({mfu(plain)})",
+        f"{rate(top)} ({mfu(top)})",
+        f"{rate(ctop)} ({mfu(ctop) if ctop.samples_per_s else '-'})",
+        ratio(real, top),
+        ratio(real, ctop),
+        ratio(real, plain),
+        f"{rate(ddp)} ({mfu(ddp)})" if ddp else "-",
+        rate(old),
+        f"{util(real)} / {util(plain)} / {util(top)} / {util(ctop)} / {util(old)}",
         real.note,
     ]
+    times = [
+        f"{config} b{batch}",
+        f"{real.compile_s}",
+        f"{again.compile_s}",
+        f"{plain.compile_s}",
+        f"{ctop.compile_s}" if ctop.compile_s is not None else "-",
+        f"{ddp.compile_s}" if ddp else "-",
+    ]
+    return row, times
 
 
 def main() -> None:
@@ -286,6 +449,27 @@ def main() -> None:
         default="auto",
         help="force the job's loader tier (default: the job chooses)",
     )
+    parser.add_argument("--no-eager", action="store_true", help="skip the old way's baseline")
+    parser.add_argument(
+        "--limits-only", action="store_true", help="only the limit and the compiled limit"
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of the compiled limit (--limits-only)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print the compiled step's kernels (--limits-only)"
+    )
+    parser.add_argument(
+        "--torchrun",
+        default="",
+        help="CONFIG:BATCH,...: cases also run under torchrun (1 rank, DDP)",
+    )
+    parser.add_argument(
+        "--compile-on-cpu", action="store_true", help="compile on a CPU device too (slow)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.device = args.device or "cpu"
@@ -301,28 +485,62 @@ def main() -> None:
         f"{machine()}; torch {torch.__version__}; {name}; net {args.channels}ch x {args.blocks} blocks"
     )
 
-    rows = []
+    # An empty compile cache: the first job of each case compiles from scratch.
+    cache = args.dir / "compile-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
+    peak = peak_flops(device)
+    print(f"peak dense bf16: {peak / 1e12:.0f} TFLOP/s" if peak else "peak: unknown (no MFU)")
+
+    rows, times = [], []
     for item in args.cases.split(","):
         config, batch = item.split(":")
         games = args.games or GAMES.get(config, 500)
-        rows.append(case(args.dir, config, int(batch), args, device, games))
+        row, time_row = case(args.dir, config, int(batch), args, device, games)
+        rows.append(row)
+        times.append(time_row)
+    if args.limits_only:
+        return
     print()
     print(
         table(
             [
                 "case",
-                "job",
+                "job (MFU)",
+                "job uncompiled",
                 "limit",
+                "compiled limit",
                 "job/limit",
+                "job/compiled limit",
+                "job/uncompiled job",
+                "torchrun 1 rank",
                 "eager+get_batch",
-                "job/eager",
-                "GPU util job/limit/eager",
+                "GPU util job/uncompiled/limit/compiled limit/eager",
                 "job path",
             ],
             rows,
         )
     )
-    print("\nsamples/s, medians; targets: job >= 0.9x limit, GPU utilisation >= 90%.")
+    print(
+        "\nsamples/s, medians (MFU: model FLOPs x samples/s / dense bf16 peak); targets: "
+        "job >= 1.2x the uncompiled limit and >= 0.9x the compiled one, GPU utilisation >= 90%."
+    )
+    print()
+    print(
+        table(
+            [
+                "case",
+                "first job",
+                "second job (cache)",
+                "uncompiled job",
+                "compiled limit",
+                "torchrun 1 rank",
+            ],
+            times,
+        )
+    )
+    print("\nfirst step's seconds (compiling, warmup and capture included)")
 
 
 if __name__ == "__main__":
