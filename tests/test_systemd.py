@@ -62,3 +62,17 @@ def test_documentation_names_nothing_that_an_install_lacks() -> None:
     for uri in unit_lines().get("Unit.Documentation", []):
         for one in uri.split():
             assert one.startswith(("https://", "http://", "man:")), one
+
+
+def test_the_unit_lets_rsync_reach_other_hosts_as_ringd() -> None:
+    """remotes: and models.publish: run rsync over ssh (or to rsync daemons) as ringd."""
+    lines = unit_lines()
+    families = lines["Service.RestrictAddressFamilies"][0].split()
+    assert {"AF_INET", "AF_INET6"} <= set(families)
+    assert "network-online.target" in lines["Unit.After"][0]
+    assert "network-online.target" in lines["Unit.Wants"][0]
+    # ssh reads the key and writes known_hosts in ringd's home, the state directory.
+    sysusers = (REPO / "systemd" / "ringd.sysusers.conf").read_text()
+    assert " /var/lib/ringd" in sysusers and lines["Service.StateDirectory"] == ["ringd"]
+    assert lines["Service.ProtectHome"] == ["read-only"]
+    assert "Service.PrivateNetwork" not in lines and "Service.IPAddressDeny" not in lines

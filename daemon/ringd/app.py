@@ -1,8 +1,9 @@
 """Wiring: the daemon's stages built from the settings and handed to the supervisor.
 
 Data flows one way: observer -> ingest -> ledger -> scheduler -> job runner ->
-trainer (a child process) -> model registry. The RAM-disk flusher feeds the
-watched trees from outside; the control socket reads from every stage.
+trainer (a child process) -> model registry -> publisher (rsync to the selfplay
+hosts). The RAM-disk flusher and the remotes (rsync pulls) feed the watched
+trees from outside; the control socket reads from every stage.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from ringd.service.metrics import Metrics
 from ringd.service.models import ModelRegistry
 from ringd.service.notify import Notifier
 from ringd.service.observer import Observer
+from ringd.service.publisher import Publisher
+from ringd.service.remotes import Remotes
 from ringd.service.scheduler import Scheduler
 from ringd.service.supervisor import Stages, Supervisor
 from ringd.settings import Settings
@@ -31,6 +34,7 @@ def build(config_path: Path, settings: Settings, notifier: Notifier | None = Non
     ingest = Ingest(settings.ledger_path, settings.watch, bus, metrics, settings.rules)
     runner = JobRunner(settings, bus, metrics)
     reader = Ledger(settings.ledger_path)
+    models = ModelRegistry(settings, bus)
     stages = Stages(
         ingest=ingest,
         observer=Observer(settings.watch, ingest, bus),
@@ -44,7 +48,9 @@ def build(config_path: Path, settings: Settings, notifier: Notifier | None = Non
             metrics,
         ),
         runner=runner,
-        models=ModelRegistry(settings, bus),
+        models=models,
+        remotes=Remotes(settings, bus, metrics),
+        publisher=Publisher(settings, lambda: models.latest, bus, metrics),
         control=ControlServer(settings.socket_path, bus, metrics, settings.control.metrics_address),
     )
     supervisor = Supervisor(

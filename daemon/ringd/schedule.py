@@ -62,12 +62,19 @@ class Decision:
     backoff_until: dict[str, float] = field(default_factory=dict)
 
 
+def backoff_delay(failures: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff after `failures` failures in a row: base * 2^(failures - 1), capped."""
+    # The exponent stops growing long before a float would overflow (a host down for weeks).
+    return float(min(cap_s, base_s * 2.0 ** (min(max(1, failures), 64) - 1)))
+
+
 def backoff_until(view: ConfigView, policy: Policy) -> float | None:
     """When a failing config may start again (None: it is not failing)."""
     if view.failures <= 0 or view.last_failure is None:
         return None
-    delay: float = min(policy.backoff_cap_s, policy.backoff_base_s * 2.0 ** (view.failures - 1))
-    return view.last_failure + delay
+    return view.last_failure + backoff_delay(
+        view.failures, policy.backoff_base_s, policy.backoff_cap_s
+    )
 
 
 def decide(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os.path
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +34,7 @@ from ringd.boards import (
     split_config_name,
 )
 from ringd.records import DEFAULT_MAX_LINE_BYTES, DEFAULT_UNFINISHED_STATUSES, Rules
+from ringd.rsync import RSYNC, SSH, parse_endpoint
 from ringd.train.spec import Hyper
 
 
@@ -229,6 +231,100 @@ def _check_loopback(value: str) -> str:
     return value
 
 
+# -- rsync: remotes (pull games) and publish destinations (push models) ------------------
+
+REMOTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_BWLIMIT = re.compile(r"^\d+(\.\d+)?[KMGkmg]?$")
+
+
+def _check_remote_name(name: str) -> str:
+    # It names a folder (roots[0]/remote/NAME) and a metrics label.
+    if not REMOTE_NAME.match(name):
+        raise ValueError(
+            f"{name!r}: a remote's name is [a-z0-9][a-z0-9_.-]*, at most 64 characters"
+        )
+    return name
+
+
+def _check_endpoint(value: str, info: ValidationInfo) -> str:
+    endpoint = parse_endpoint(value)
+    if endpoint.kind == "local":
+        return str(_resolve(Path(endpoint.spec), info)).rstrip("/") + "/"
+    return endpoint.spec
+
+
+def _check_bwlimit(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str) and _BWLIMIT.match(value):
+        return value
+    raise ValueError(f"expected KiB/s or a rate such as 10M (got {value!r})")
+
+
+def _check_ssh_value(value: str) -> str:
+    # The ssh command reaches rsync as one string it splits at spaces, honouring
+    # single quotes; a quote in a value would end the quoting early.
+    if "'" in value or '"' in value or "\n" in value:
+        raise ValueError(f"{value!r}: quotes and newlines are not allowed here")
+    return value
+
+
+def _check_ssh_path(path: Path) -> Path:
+    _check_ssh_value(str(path))
+    return path
+
+
+def _check_ssh_option(value: str) -> str:
+    if not re.match(r"^[A-Za-z][A-Za-z0-9]*=\S", value):
+        raise ValueError(f"{value!r}: expected an ssh -o option, Key=Value")
+    return _check_ssh_value(value)
+
+
+RsyncEndpoint = Annotated[str, AfterValidator(_check_endpoint)]
+Bwlimit = Annotated[str, BeforeValidator(_check_bwlimit)]
+SshPath = Annotated[Path, AfterValidator(_resolve), AfterValidator(_check_ssh_path)]
+
+
+class SshSettings(_Model):
+    """How rsync reaches host:/path/ endpoints (ssh's own ~/.ssh/config applies too)."""
+
+    user: Annotated[str, AfterValidator(_check_ssh_value)] | None = None
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    # IdentityFile of the ringd user, e.g. /var/lib/ringd/.ssh/id_ed25519
+    key: SshPath | None = None
+    known_hosts: SshPath | None = None  # UserKnownHostsFile
+    options: list[Annotated[str, AfterValidator(_check_ssh_option)]] = Field(default_factory=list)
+
+
+class _RsyncSettings(_Model):
+    ssh: SshSettings = Field(default_factory=SshSettings)
+    # rsync daemons: the password file (mode 0600); RSYNC_PASSWORD in the environment works too.
+    password_file: ConfigPath | None = None
+    bwlimit: Bwlimit | None = None  # rsync's --bwlimit: KiB/s, or 10M
+    # A whole pull's (or publish's) wall-clock limit: longer than the biggest file takes.
+    timeout_s: float = Field(default=3600.0, gt=0)
+    backoff_cap_s: float = Field(default=600.0, gt=0)  # retries after failures: doubling, capped
+
+
+class RemoteSettings(_RsyncSettings):
+    """A host whose selfplay games are pulled into a watched root."""
+
+    name: Annotated[str, AfterValidator(_check_remote_name)]
+    source: RsyncEndpoint  # host:/path/, rsync://host/module/path/ or a local folder
+    interval_s: float = Field(default=30.0, gt=0)
+    target: ConfigPath | None = None  # default: roots[0]/remote/NAME; must be under a watched root
+
+
+class PublishDestination(_RsyncSettings):
+    """Where each new validated `latest` checkpoint is copied (DEST/CONFIG/...)."""
+
+    dest: RsyncEndpoint
+
+
+def _destination(value: object) -> object:
+    return {"dest": value} if isinstance(value, str) else value
+
+
 class ModelsSettings(_Model):
     """The checkpoint registry."""
 
@@ -254,6 +350,10 @@ class ModelsSettings(_Model):
 
     # Child processes validating new or changed files at once (lowest I/O priority).
     validate_concurrency: StrictInt = Field(default=1, ge=1, le=16)
+    # rsync destinations (host:/path/, rsync://..., a folder) of every new validated latest.
+    publish: list[Annotated[PublishDestination, BeforeValidator(_destination)]] = Field(
+        default_factory=list
+    )
 
 
 class ControlSettings(_Model):
@@ -278,6 +378,7 @@ class Settings(_Model):
     control: ControlSettings = Field(default_factory=ControlSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     configs: dict[ConfigName, ConfigEntry] = Field(default_factory=dict)
+    remotes: list[RemoteSettings] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -305,6 +406,12 @@ class Settings(_Model):
             unfinished=frozenset(self.records.unfinished_statuses),
             max_line=self.watch.max_line_bytes,
         )
+
+    def remote_target(self, remote: RemoteSettings) -> Path:
+        """Where a remote's games land: its `target`, or roots[0]/remote/NAME."""
+        if remote.target is not None:
+            return remote.target
+        return self.watch.roots[0] / "remote" / remote.name
 
     def threshold(self, config: str) -> int | None:
         entry = self.configs.get(config)
@@ -365,7 +472,7 @@ def parse_settings(text: str, path: Path) -> Settings:
         settings = Settings.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         raise ConfigError(_format_errors(path, lines, e)) from None
-    if problems := _check_aliases(settings):
+    if problems := _check_aliases(settings) + _check_remotes(settings):
         raise ConfigError(_format_problems(path, lines, problems))
     return settings
 
@@ -404,6 +511,52 @@ def _check_aliases(settings: Settings) -> list[tuple[_Loc, str]]:
                     f"(records.board_aliases): name the configuration {canonical}",
                 )
             )
+    return problems
+
+
+def _check_remotes(settings: Settings) -> list[tuple[_Loc, str]]:
+    """Remotes land in distinct folders under a watched root; rsync (and ssh) are installed."""
+    problems: list[tuple[_Loc, str]] = []
+    targets: dict[Path, str] = {}
+    for i, remote in enumerate(settings.remotes):
+        if remote.name in {r.name for r in settings.remotes[:i]}:
+            problems.append((("remotes", i, "name"), f"{remote.name!r}: two remotes of this name"))
+        target = settings.remote_target(remote)
+        if not settings.watch.roots:
+            problems.append((("remotes", i), "no watched root to pull into (watch.roots is empty)"))
+        elif not any(target.is_relative_to(root) for root in settings.watch.roots):
+            problems.append(
+                (
+                    ("remotes", i, "target"),
+                    f"{target} is not under a watched root ({', '.join(map(str, settings.watch.roots))}):"
+                    " its games would never be counted",
+                )
+            )
+        for other, name in targets.items():
+            if target.is_relative_to(other) or other.is_relative_to(target):
+                problems.append(
+                    (("remotes", i, "target"), f"{target} overlaps remote {name!r}'s {other}")
+                )
+        targets[target] = remote.name
+    endpoints = [(("remotes",), r.source) for r in settings.remotes] + [
+        (("models", "publish"), d.dest) for d in settings.models.publish
+    ]
+    path = os.environ.get("PATH", "")
+    if endpoints and shutil.which(RSYNC) is None:
+        problems.append(
+            (
+                endpoints[0][0],
+                f"{RSYNC} is not on PATH ({path}): install it (apt-get install rsync)",
+            )
+        )
+    ssh = [loc for loc, spec in endpoints if parse_endpoint(spec).kind == "ssh"]
+    if ssh and shutil.which(SSH) is None:
+        problems.append(
+            (
+                ssh[0],
+                f"{SSH} is not on PATH ({path}): host:/path/ endpoints need it (openssh-client)",
+            )
+        )
     return problems
 
 

@@ -98,6 +98,45 @@ class RamdiskStatus(BaseModel):
     failing: dict[str, str]
 
 
+RemoteState = Literal["ok", "pulling", "backoff", "unreachable"]
+PublishState = Literal["ok", "publishing", "backoff", "unreachable"]
+
+
+class RemoteStatus(BaseModel):
+    """A remote pulled with rsync (`remotes:`)."""
+
+    name: str
+    source: str  # passwords masked
+    target: str
+    state: RemoteState
+    last_success_at: float | None
+    last_attempt_at: float | None
+    lag_s: float | None  # age of the newest game pulled from it (by the remote's mtimes)
+    last_pull_s: float | None  # how long the last successful pull took
+    last_pull_bytes: int  # bytes the last successful pull added to the target
+    last_pull_games: int  # games counted from the target since the last pull began
+    bytes_total: int  # since the daemon started
+    games_total: int
+    pulls: int
+    failures: int  # in a row
+    error: str | None
+    next_try_at: float | None  # after a failure
+
+
+class PublishStatus(BaseModel):
+    """A destination of new validated checkpoints (`models.publish:`)."""
+
+    dest: str  # passwords masked
+    state: PublishState
+    last_success_at: float | None
+    last_attempt_at: float | None
+    published: dict[str, str]  # config -> the checkpoint its latest.pt points to there
+    pending: list[str]  # configs whose latest is not there yet
+    failures: int
+    error: str | None
+    next_try_at: float | None
+
+
 UNREADABLE_SHOWN = 10
 # The scan's problems that hide games (scan.py's messages: "PATH: cannot ...").
 _UNREADABLE = re.compile(r"^(?P<path>.*?): (?P<reason>cannot (?:list|stat|read|re-key)\b.*)$", re.S)
@@ -143,6 +182,8 @@ class Status(BaseModel):
     unreadable: Unreadable = Unreadable()  # paths below the roots that cannot be read
     daemon: dict[str, object] | None = None  # pid, version, started_at, ready (daemon only)
     ramdisk: list[RamdiskStatus] = []  # the RAM-disk flusher's mappings (daemon only)
+    remotes: list[RemoteStatus] = []  # rsync pulls (daemon only)
+    publish: list[PublishStatus] = []  # model publishing (daemon only)
 
 
 def config_state(new_games: int, threshold: int | None) -> State:
@@ -165,6 +206,8 @@ def build_status(
     ramdisk: Sequence[RamdiskStatus] = (),
     scheduling: Mapping[str, Scheduling] | None = None,
     held_out: Mapping[str, HeldOutStatus] | None = None,
+    remotes: Sequence[RemoteStatus] = (),
+    publish: Sequence[PublishStatus] = (),
 ) -> Status:
     """One row per configured config (games or not) and per unconfigured one with games."""
     by_name = {c.name: c for c in counts}
@@ -205,6 +248,8 @@ def build_status(
         generated_at=time.time() if now is None else now,
         daemon=daemon,
         ramdisk=list(ramdisk),
+        remotes=list(remotes),
+        publish=list(publish),
     )
 
 

@@ -130,11 +130,18 @@ def _parser() -> argparse.ArgumentParser:
         ("trigger", "train CONFIG now, even below its threshold (when a slot is free)"),
         ("pause", "start no training job for CONFIG until resumed (survives restarts)"),
         ("resume", "let CONFIG train again"),
+        ("publish", "copy CONFIG's latest checkpoint to every models.publish destination now"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("name", metavar="CONFIG", help="a configuration, e.g. square8_2p")
         _daemon_args(p, config_help, socket_help)
         p.set_defaults(handler=_cmd_config_action, action=name)
+
+    text = "pull remote NAME now (rsync), even while it backs off after failures"
+    p = sub.add_parser("pull", help=text, description=text)
+    p.add_argument("name", metavar="NAME", help="a remote's name (remotes: in the config)")
+    _daemon_args(p, config_help, socket_help)
+    p.set_defaults(handler=_cmd_pull)
 
     p = sub.add_parser(
         "models",
@@ -405,6 +412,10 @@ def _post(args: argparse.Namespace, url: str) -> int:
 
 def _cmd_config_action(args: argparse.Namespace) -> int:
     return _post(args, f"/v1/configs/{args.name}/{args.action}")
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    return _post(args, f"/v1/remotes/{args.name}/pull")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -19,7 +19,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ringd.scan import Plan
-from ringd.status import ConfigStatus, HeldOutStatus, RamdiskStatus, Status, progress_label
+from ringd.status import (
+    ConfigStatus,
+    HeldOutStatus,
+    PublishStatus,
+    RamdiskStatus,
+    RemoteStatus,
+    Status,
+    progress_label,
+)
 
 # A first scan smaller than this finishes before a bar would be worth drawing.
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
@@ -100,6 +108,10 @@ def view(status: Status) -> RenderableType:
     parts.append(table)
     for m in status.ramdisk:
         parts.append(_ramdisk_line(m, now))
+    for r in status.remotes:
+        parts.append(_remote_line(r, now))
+    for d in status.publish:
+        parts.append(_publish_line(d, now))
     rejects = ", ".join(f"{reason} {n:,}" for reason, n in status.rejects.items())
     parts.append(
         Text(
@@ -177,6 +189,45 @@ def _ramdisk_line(m: RamdiskStatus, now: float) -> Text:
         line += Text(f", oldest unflushed {m.oldest_pending_age_s:.0f}s", style="red")
     if m.failing:
         line += Text(f"; failing: {m.last_error}", style="red")
+    return line
+
+
+_LINK_STYLE = {"ok": "green", "pulling": "cyan", "publishing": "cyan", "backoff": "yellow"}
+
+
+def _failing(failures: int, error: str | None, next_try_at: float | None, now: float) -> Text:
+    retry = f"; retry in {_duration(next_try_at - now)}" if next_try_at is not None else ""
+    return Text(f"; {count(failures, 'failure')} in a row: {error}{retry}", style="red")
+
+
+def _remote_line(r: RemoteStatus, now: float) -> Text:
+    """`remote node7 ok: last pull 4s ago (0.3s, 1.2 MB, 310 games), lag 6s`."""
+    line = Text(f"remote {r.name} ", style="bold") + Text(
+        r.state, style=_LINK_STYLE.get(r.state, "bold red")
+    )
+    line += Text(f": last pull {_age(r.last_success_at, now)}")
+    if r.last_pull_s is not None:
+        line += Text(
+            f" ({r.last_pull_s:.1f}s, {r.last_pull_bytes / 1e6:,.1f} MB, "
+            f"{count(r.last_pull_games, 'game')})"
+        )
+    line += Text(f", lag {_duration(r.lag_s) if r.lag_s is not None else '-'}")
+    if r.failures:
+        line += _failing(r.failures, r.error, r.next_try_at, now)
+    return line
+
+
+def _publish_line(d: PublishStatus, now: float) -> Text:
+    """`publish node7:/srv/models/ ok: square8_2p -> sq-1-9.pt; last copy 2m ago`."""
+    line = Text(f"publish {d.dest} ", style="bold") + Text(
+        d.state, style=_LINK_STYLE.get(d.state, "bold red")
+    )
+    published = ", ".join(f"{config} -> {name}" for config, name in d.published.items())
+    line += Text(f": {published or 'nothing yet'}; last copy {_age(d.last_success_at, now)}")
+    if d.pending:
+        line += Text(f"; pending {', '.join(d.pending)}", style="yellow")
+    if d.failures:
+        line += _failing(d.failures, d.error, d.next_try_at, now)
     return line
 
 

@@ -9,6 +9,8 @@
     POST /v1/configs/NAME/trigger      train NAME now, below its threshold too
     POST /v1/configs/NAME/pause        start no job for NAME until resumed (survives restarts)
     POST /v1/configs/NAME/resume
+    POST /v1/configs/NAME/publish      copy NAME's latest checkpoint to every models.publish destination
+    POST /v1/remotes/NAME/pull         pull remote NAME now (backoff or not)
     GET /v1/models                     checkpoints: per config latest, counts, sizes
     POST /v1/models/validate[?path=P]  validate again (one file, or all)
     POST /v1/models/pin?path=P[&pinned=0]
@@ -59,6 +61,8 @@ class Operations(Protocol):
     async def validate_models(self, path: str | None) -> str: ...
     async def pin_model(self, path: str, pinned: bool) -> str: ...
     async def promote_model(self, path: str) -> str: ...
+    async def pull(self, remote: str) -> str: ...
+    async def publish(self, config: str) -> str: ...
 
 
 class ControlServer:
@@ -86,8 +90,9 @@ class ControlServer:
         app.router.add_get("/v1/jobs", self._get_jobs)
         app.router.add_get("/v1/jobs/{job}/log", self._get_job_log)
         app.router.add_post(
-            "/v1/configs/{config}/{action:trigger|pause|resume}", self._config_action
+            "/v1/configs/{config}/{action:trigger|pause|resume|publish}", self._config_action
         )
+        app.router.add_post("/v1/remotes/{remote}/pull", self._pull)
         app.router.add_get("/v1/models", self._get_models)
         app.router.add_post("/v1/models/{action:validate|pin|promote}", self._models_action)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -162,8 +167,17 @@ class ControlServer:
         try:
             if action == "trigger":
                 message = await self._ops.trigger(config)
+            elif action == "publish":
+                message = await self._ops.publish(config)
             else:
                 message = await self._ops.pause(config, action == "pause")
+        except OperatorError as e:
+            return web.json_response({"error": str(e)}, status=e.status)
+        return web.json_response({"ok": True, "message": message})
+
+    async def _pull(self, request: web.Request) -> web.Response:
+        try:
+            message = await self._ops.pull(request.match_info["remote"])
         except OperatorError as e:
             return web.json_response({"error": str(e)}, status=e.status)
         return web.json_response({"ok": True, "message": message})

@@ -180,6 +180,50 @@ class CheckpointBad(Event):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class LatestChanged(Event):
+    kind: ClassVar[str] = "latest_changed"
+    config: str
+    path: str  # the checkpoint `state_dir/models/CONFIG/latest.pt` now points to
+
+
+# -- remotes and publishing (rsync) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePulled(Event):
+    kind: ClassVar[str] = "remote_pulled"
+    remote: str
+    appended: int  # files that grew
+    fetched: int  # files fetched whole (new or rewritten)
+    bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFailed(Event):
+    kind: ClassVar[str] = "remote_error"
+    remote: str
+    error: str
+    unreachable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPublished(Event):
+    kind: ClassVar[str] = "model_published"
+    dest: str
+    config: str
+    name: str  # DEST/CONFIG/NAME; DEST/CONFIG/latest.pt points to it
+
+
+@dataclass(frozen=True, slots=True)
+class PublishFailed(Event):
+    kind: ClassVar[str] = "publish_error"
+    dest: str
+    config: str
+    error: str
+
+
 # -- the stream itself ----------------------------------------------------------------
 
 

@@ -46,6 +46,32 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.remote_pulls = Counter(
+            "ringd_remote_pulls",
+            "rsync pulls of each remote by outcome (ok, failed)",
+            ["remote", "outcome"],
+            registry=self.registry,
+        )
+        self.remote_bytes = Counter(
+            "ringd_remote_bytes",
+            "Bytes pulls added to each remote's target tree",
+            ["remote"],
+            registry=self.registry,
+        )
+        self.remote_pull_duration = Histogram(
+            "ringd_remote_pull_duration_seconds",
+            "Successful pulls from start to end",
+            ["remote"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+            registry=self.registry,
+        )
+        self.publishes = Counter(
+            "ringd_publish",
+            "Checkpoints copied to each publish destination by outcome (ok, failed)",
+            ["dest", "outcome"],
+            registry=self.registry,
+        )
+
     def track_status(self, status: Callable[[], Status]) -> None:
         """Export per-config counts from `status()` at every scrape."""
         self.registry.register(_StatusCollector(status))
@@ -166,6 +192,61 @@ class _StatusCollector(Collector):
         yield from _operations_metrics(status)
         yield from (games, new, threshold, rejects, config_error)
         yield from _held_out_metrics(status)
+        yield from _remote_metrics(status)
+        yield from _publish_metrics(status)
+
+
+def _remote_metrics(status: Status) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    up = GaugeMetricFamily(
+        "ringd_remote_up", "1 unless the remote's last pull failed", labels=["remote"]
+    )
+    lag = GaugeMetricFamily(
+        "ringd_remote_lag_seconds",
+        "Age of the newest game pulled from the remote",
+        labels=["remote"],
+    )
+    success = GaugeMetricFamily(
+        "ringd_remote_last_success_timestamp_seconds",
+        "When the remote's last successful pull began",
+        labels=["remote"],
+    )
+    failures = GaugeMetricFamily(
+        "ringd_remote_failures", "Failed pulls in a row", labels=["remote"]
+    )
+    games = CounterMetricFamily(
+        "ringd_remote_games", "Games counted from the remote's target tree", labels=["remote"]
+    )
+    for r in status.remotes:
+        up.add_metric([r.name], 0 if r.failures else 1)
+        failures.add_metric([r.name], r.failures)
+        games.add_metric([r.name], r.games_total)
+        if r.lag_s is not None:
+            lag.add_metric([r.name], r.lag_s)
+        if r.last_success_at is not None:
+            success.add_metric([r.name], r.last_success_at)
+    yield from (up, lag, success, failures, games)
+
+
+def _publish_metrics(status: Status) -> Iterator[GaugeMetricFamily]:
+    up = GaugeMetricFamily(
+        "ringd_publish_up", "1 unless the last copy to the destination failed", labels=["dest"]
+    )
+    pending = GaugeMetricFamily(
+        "ringd_publish_pending",
+        "Configs whose latest is not at the destination yet",
+        labels=["dest"],
+    )
+    success = GaugeMetricFamily(
+        "ringd_publish_last_success_timestamp_seconds",
+        "When the last copy to the destination succeeded",
+        labels=["dest"],
+    )
+    for d in status.publish:
+        up.add_metric([d.dest], 0 if d.failures else 1)
+        pending.add_metric([d.dest], len(d.pending))
+        if d.last_success_at is not None:
+            success.add_metric([d.dest], d.last_success_at)
+    yield from (up, pending, success)
 
 
 def _held_out_metrics(status: Status) -> Iterator[GaugeMetricFamily]:

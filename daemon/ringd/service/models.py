@@ -29,6 +29,7 @@ from ringd.service.events import (
     CheckpointValidated,
     EventBus,
     JobFinished,
+    LatestChanged,
 )
 from ringd.settings import Settings
 from ringd.status import HeldOutStatus
@@ -51,6 +52,8 @@ class ModelRegistry:
         self._gates: dict[str, asyncio.Task[None]] = {}
         # Per config, the held-out metrics of its newest job checkpoint (for status).
         self.held_out: dict[str, HeldOutStatus] = {}
+        # Per config, the checkpoint latest.pt points to (what publishing copies).
+        self.latest: dict[str, CheckpointRow] = {}
 
     async def _db(self, fn: Callable[[Ledger], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._ledger)
@@ -93,7 +96,12 @@ class ModelRegistry:
                 if v["ok"]:
                     self._bus.publish(CheckpointValidated(v["path"], v.get("config")))
         rows = await self._promote(await self._db(lambda db: db.checkpoints()))
-        registry.point_latest(self.settings.state_dir / "models", registry.latest(rows))
+        best = registry.latest(rows)
+        registry.point_latest(self.settings.state_dir / "models", best)
+        for config, row in best.items():
+            if config not in self.latest or self.latest[config].path != row.path:
+                self._bus.publish(LatestChanged(config, row.path))
+        self.latest = best
         if models.retention == "delete_old":
             for path in await self._db(lambda db: registry.prune(db, models.keep)):
                 log.info("old checkpoint removed (models.retention: delete_old)", file=path)

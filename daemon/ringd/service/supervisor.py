@@ -36,6 +36,8 @@ from ringd.service.jobs import JobRunner
 from ringd.service.models import ModelRegistry
 from ringd.service.notify import Notifier, watchdog_interval
 from ringd.service.observer import Observer
+from ringd.service.publisher import Publisher
+from ringd.service.remotes import Remotes
 from ringd.service.scheduler import Scheduler
 from ringd.settings import ConfigError, Settings, load_settings
 from ringd.status import Status, build_status, status_line
@@ -57,6 +59,8 @@ class Stages:
     scheduler: Scheduler
     runner: JobRunner
     models: ModelRegistry
+    remotes: Remotes
+    publisher: Publisher
     control: ControlServer
 
 
@@ -158,7 +162,15 @@ class Supervisor:
 
         try:
             async with asyncio.TaskGroup() as tg:
-                for stage in (s.observer, s.ingest, s.ramdisk, s.scheduler, s.models):
+                for stage in (
+                    s.observer,
+                    s.ingest,
+                    s.ramdisk,
+                    s.remotes,
+                    s.scheduler,
+                    s.models,
+                    s.publisher,
+                ):
                     tg.create_task(stage.run())
                 tg.create_task(self._watch_config())
                 tg.create_task(self._watchdog())
@@ -196,6 +208,8 @@ class Supervisor:
             ramdisk=s.ramdisk.status(),
             scheduling=s.scheduler.scheduling(),
             held_out=s.models.held_out,
+            remotes=s.remotes.status(),
+            publish=s.publisher.status(),
             daemon={
                 "pid": os.getpid(),
                 "version": __version__,
@@ -272,6 +286,8 @@ class Supervisor:
         s.observer.reconfigure(new.watch)
         s.ramdisk.reconfigure(new.ramdisk)
         s.models.settings = new
+        s.remotes.reconfigure(new)
+        s.publisher.reconfigure(new)
         s.scheduler.reconfigure(new)
         log.info("config reloaded", reason=reason)
         self.bus.publish(ConfigReloaded(reason))
@@ -302,6 +318,12 @@ class Supervisor:
 
     async def promote_model(self, path: str) -> str:
         return await self.stages.models.promote_by_hand(path)
+
+    async def pull(self, remote: str) -> str:
+        return await self.stages.remotes.pull(remote)
+
+    async def publish(self, config: str) -> str:
+        return await self.stages.publisher.publish(config)
 
 
 def _check_restart_keys(old: Settings, new: Settings) -> None:
