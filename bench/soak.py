@@ -237,13 +237,11 @@ class Soak:
         return self.finish()
 
     def episode_limit(self) -> int:
-        """Just above the largest RAM-disk target and the ledger (with room to grow):
-        the flusher's appends fail first, and ingest's once the ledger outgrows it."""
+        """Just above the largest RAM-disk target (RLIMIT_FSIZE is per file): its
+        appends fail within seconds, the others' soon after; the ledger's files
+        (smaller) fail only if one outgrows it."""
         targets = [p.stat().st_size for p in self.target.rglob("*.jsonl")] or [0]
-        ledger = sum(
-            p.stat().st_size for p in (self.folder / "var").glob("ledger.sqlite*") if p.is_file()
-        )
-        return max(max(targets) + FSIZE_MARGIN, ledger + 4 * 1024 * 1024)
+        return max(targets) + FSIZE_MARGIN
 
     def sample(self) -> None:
         if self.daemon is None or self.daemon.poll() is not None:
@@ -252,9 +250,22 @@ class Soak:
         try:
             rss = _rss_mb(pid)
             fds = len(os.listdir(f"/proc/{pid}/fd"))
-        except (FileNotFoundError, ProcessLookupError):
+            status = client.get_json(self.socket, "/v1/status", timeout=10)
+        except (FileNotFoundError, ProcessLookupError, client.DaemonUnavailable, ValueError):
             return
-        self.samples.append({"t": round(self.now(), 1), "pid": pid, "rss_mb": rss, "fds": fds})
+        self.samples.append(
+            {
+                "t": round(self.now(), 1),
+                "pid": pid,
+                "rss_mb": rss,
+                "fds": fds,
+                "fsize_limit": self.fsize or 0,
+                "flush_errors": sum(m["errors"] for m in status["ramdisk"]),
+                "flush_failing": sum(len(m["failing"]) for m in status["ramdisk"]),
+                "pending_games": sum(m["pending_games"] for m in status["ramdisk"]),
+                "ingest_errors": int((status.get("daemon") or {}).get("ingest_errors") or 0),
+            }
+        )
 
     # -- the books ------------------------------------------------------------------------
 
@@ -267,8 +278,8 @@ class Soak:
             self.kill_daemon()
             self.start_daemon()
         written = self.stop_writers()
-        on_disk = _complete_lines(self.root)
         status = self.settle(written)
+        on_disk = _complete_lines(self.root)  # once the RAM disk is flushed, not before
         self.sample()
         checks: dict[str, tuple[bool, str]] = {}
         counted = status["total_games"] + status["rejected_total"]
@@ -311,6 +322,20 @@ class Soak:
             + (f"; WRONG {wrong}" if wrong else " = the end of each newest succeeded job"),
         )
         checks["RSS and fds at the end within 1.2x of 5 minutes"] = rss_fds
+        episode = [s for s in self.samples if s["fsize_limit"]]
+        checks["the disk-full episode failed writes, and they were caught up"] = (
+            bool(episode) and max(s["flush_errors"] for s in episode) > 0 and missing == 0,
+            (
+                f"{len(episode) * SAMPLE_EVERY_S:.0f} s under RLIMIT_FSIZE "
+                f"{episode[0]['fsize_limit']:,} B: up to {max(s['flush_errors'] for s in episode)} "
+                f"failed RAM-disk writes ({max(s['flush_failing'] for s in episode)} files "
+                f"failing at once, {max(s['pending_games'] for s in episode)} games pending), "
+                f"{max(s['ingest_errors'] for s in episode)} failed ledger writes; all on disk "
+                "at the end"
+            )
+            if episode
+            else "no episode (the run was too short for a kill after 40% of it)",
+        )
         errors = _log_levels(self.log)
         return {
             "minutes": self.minutes,
