@@ -3,7 +3,8 @@ host, pulled with rsync every --interval s from --hosts remotes at --rate games/
 beside `cp -r` of the same trees every interval (the old way) in the same run; then the
 cost of one pull of an unchanged tree of --files files.
 
-    .venv/bin/python bench/remote.py [--hosts 4] [--rate 1000] [--duration 60] [--interval 5] [--files 10000]
+    .venv/bin/python bench/remote.py [--hosts 4] [--rate 1000] [--duration 60] [--interval 5]
+                                     [--small] [--no-cp] [--files 10000]
 
 The remote hosts are modules of a real `rsync --daemon` on loopback. Each writer
 records the time right after each game's write; ringd's ledger records when each
@@ -15,18 +16,23 @@ ledger of its own. Target: ringd's p99 within the interval + 1 s.
 from __future__ import annotations
 
 import argparse
+import bisect
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import random
+import re
 import resource
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.synchronize import Event
@@ -36,9 +42,10 @@ import uvloop
 
 from _common import machine, table
 from _daemon import BenchDaemon
-from latency import commit_times, percentiles
+from latency import percentiles
 from ringd import log
 from ringd.boards import CONFIGS
+from ringd.cli import client
 from ringd.ledger import Ledger
 from ringd.records import Rules
 from ringd.scan import scan
@@ -86,11 +93,11 @@ class RsyncDaemon:
         self.proc.wait()
 
 
-def writer(index: int, root: str, rate: float, duration: float, out: str) -> None:
-    """Append RingRift-sized games (each its own: the id is in its moves) at `rate`;
-    record the time right after each write."""
+def writer(index: int, root: str, rate: float, duration: float, small: bool, out: str) -> None:
+    """Append RingRift-sized (or small) games, each its own (the id is in its moves), at
+    `rate`; record the time right after each write."""
     rng = random.Random(index)
-    splicer = Splicer(rng, small=False, size=8)
+    splicer = Splicer(rng, small=small, size=8)
     prefix = f"w{index:02d}-".encode()
     path = Path(root) / "selfplay" / f"w{index:02d}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,9 +116,13 @@ def writer(index: int, root: str, rate: float, duration: float, out: str) -> Non
     Path(out).write_text(json.dumps(stamps))
 
 
-def copier(sources: list[str], base: str, every: float, stop: Event, ledger: str) -> None:
+def copier(
+    sources: list[str], base: str, every: float, stop: Event, ledger: str, marks: str
+) -> None:
     """The old way: `cp -r` every host's tree every `every` s, then index the copies;
-    one more round once `stop` is set (the writers are done)."""
+    one more round once `stop` is set (the writers are done). Writes the (last sequence
+    number, time) of each scan to `marks`."""
+    done: list[tuple[int, float]] = []
     with Ledger(Path(ledger)) as db:
         while True:
             last = stop.wait(every)
@@ -119,9 +130,53 @@ def copier(sources: list[str], base: str, every: float, stop: Event, ledger: str
                 target = Path(base) / f"h{i}"
                 target.mkdir(parents=True, exist_ok=True)
                 subprocess.run(["cp", "-r", f"{source}/.", str(target)], check=True)
-            scan(db, [base], Rules(max_line=1 << 26))
+            report = scan(db, [base], Rules(max_line=1 << 26))
+            done += [(a.last, time.time()) for a in report.new_games.values()]
             if last:
-                return
+                break
+    Path(marks).write_text(json.dumps(done))
+
+
+def follow_games(socket_path: Path, marks: list[tuple[int, float]]) -> None:
+    """Collect (last sequence number, time) of every `games` event until the daemon stops."""
+    with contextlib.suppress(client.DaemonUnavailable, OSError, ValueError):
+        for event in client.follow(socket_path):
+            if event.get("event") == "games":
+                marks.append((event["last_seq"], event["at"]))
+
+
+_GAME_ID = re.compile(rb'"id":"(w[0-9]{2}-[0-9a-f]{12})"')
+
+
+def commit_times(ledger: Path, marks: list[tuple[int, float]]) -> dict[str, float]:
+    """Game id -> when it was counted: the first mark at or after its sequence number."""
+    marks = sorted(marks)
+    seqs = [seq for seq, _ in marks]
+    best = [at for _, at in marks]
+    for i in range(len(best) - 2, -1, -1):  # a later commit of a lower number cannot be it
+        best[i] = min(best[i], best[i + 1])
+    db = sqlite3.connect(ledger)
+    try:
+        rows = db.execute(
+            "SELECT g.seq, f.path, g.offset, g.length FROM games g JOIN files f ON f.id = g.file_id"
+        ).fetchall()
+    finally:
+        db.close()
+    out: dict[str, float] = {}
+    handles: dict[str, int] = {}
+    try:
+        for seq, path, offset, length in rows:
+            fd = handles.get(path)
+            if fd is None:
+                fd = handles[path] = os.open(path, os.O_RDONLY)
+            m = _GAME_ID.search(os.pread(fd, length, offset))
+            i = bisect.bisect_left(seqs, seq)
+            if m is not None and i < len(best):
+                out[m[1].decode()] = best[i]
+    finally:
+        for fd in handles.values():
+            os.close(fd)
+    return out
 
 
 def latency_phase(args: argparse.Namespace, folder: Path) -> None:
@@ -137,8 +192,12 @@ def latency_phase(args: argparse.Namespace, folder: Path) -> None:
     )
     daemon = BenchDaemon(folder / "ringd", [data], extra=f"remotes:\n{remotes}")
     daemon.start()
+    marks: list[tuple[int, float]] = []
+    follower = threading.Thread(target=follow_games, args=(daemon.socket, marks), daemon=True)
+    follower.start()
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
+    baselines = [(f"`cp -r` every {args.interval:g} s + scan", folder / "cp-marks.json")] * args.cp
     copy = ctx.Process(
         target=copier,
         args=(
@@ -147,9 +206,11 @@ def latency_phase(args: argparse.Namespace, folder: Path) -> None:
             args.interval,
             stop,
             str(folder / "cp.sqlite"),
+            str(folder / "cp-marks.json"),
         ),
     )
-    copy.start()
+    if args.cp:
+        copy.start()
     n = args.hosts * args.writers_per_host
     procs = [
         ctx.Process(
@@ -159,6 +220,7 @@ def latency_phase(args: argparse.Namespace, folder: Path) -> None:
                 str(folder / "hosts" / hosts[i % args.hosts]),
                 args.rate / n,
                 args.duration,
+                args.small,
                 str(folder / f"w{i}.json"),
             ),
         )
@@ -176,21 +238,27 @@ def latency_phase(args: argparse.Namespace, folder: Path) -> None:
         time.sleep(0.05)
     status = daemon.status()
     daemon.stop()
-    # The copier's round in progress (or its next) is the one that brings the last games.
-    time.sleep(args.interval)
-    stop.set()
-    copy.join()
+    follower.join(10)
+    if args.cp:
+        # The copier's round in progress (or its next) is the one that brings the last games.
+        time.sleep(args.interval)
+        stop.set()
+        copy.join()
     rsyncd.stop()
 
     rows = []
-    for name, ledger in (
+    for name, ledger, found in [
         (
             f"ringd rsync pull, interval_s {args.interval:g}",
             folder / "ringd" / "var" / "ledger.sqlite",
+            marks,
         ),
-        (f"`cp -r` every {args.interval:g} s + scan", folder / "cp.sqlite"),
-    ):
-        committed = commit_times(ledger)
+        *[
+            (name, folder / "cp.sqlite", [(s, t) for s, t in json.loads(path.read_text())])
+            for name, path in baselines
+        ],
+    ]:
+        committed = commit_times(ledger, found)
         lat = [committed[g] - t for g, t in written.items() if g in committed]
         p50, p99, worst = percentiles(lat)
         rows.append(
@@ -204,9 +272,11 @@ def latency_phase(args: argparse.Namespace, folder: Path) -> None:
             ]
         )
     pulls = {r["name"]: r for r in status["remotes"]}
+    size = sum(p.stat().st_size for p in (folder / "hosts").rglob("*.jsonl")) / len(written)
     print(
         f"remote latency: {args.hosts} remotes x {args.writers_per_host} writers, "
-        f"{args.rate:g} games/s for {args.duration:g} s ({len(written):,} games, "
+        f"{args.rate:g} games/s for {args.duration:g} s ({len(written):,} games of "
+        f"{size / 1000:.1f} kB, "
         f"{status['total_games']:,} counted), interval_s {args.interval:g}; "
         f"last pull {statistics.median(r['last_pull_s'] or 0 for r in pulls.values()):.2f} s "
         f"(median over remotes); {machine()}"
@@ -292,6 +362,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="games/s in all")
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument(
+        "--small", action="store_true", help="small games (~0.5 KB) instead of RingRift-sized"
+    )
+    parser.add_argument(
+        "--cp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the `cp -r` baseline in the same run (default: yes)",
+    )
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
@@ -301,7 +380,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="rd-remote-", dir="/tmp"))
     try:
         latency_phase(args, folder / "latency")
-        unchanged_phase(args, folder / "unchanged")
+        if args.files:
+            unchanged_phase(args, folder / "unchanged")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

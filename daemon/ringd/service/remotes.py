@@ -179,7 +179,7 @@ class Puller:
             check(await run_rsync(rsync.changes_argv(t, str(target)), self.remote.timeout_s)).stdout
         )
         if not changes:
-            return Pulled(0, 0, 0, None)
+            return Pulled(0, 0, 0, await self._newest([]))
         ours = await asyncio.to_thread(pull.our_sizes, target, [c.name for c in changes])
         plan = pull.plan(changes, ours)
         whole = list(plan.whole)
@@ -218,8 +218,18 @@ class Puller:
                 s or 0 for s in (await asyncio.to_thread(pull.our_sizes, target, whole)).values()
             )
         touched = [a.name for a in appended] + whole
-        newest = await asyncio.to_thread(pull.newest_mtime, target, touched)
-        return Pulled(len(appended), len(whole), fetched + sum(a.nbytes for a in appended), newest)
+        nbytes = fetched + sum(a.nbytes for a in appended)
+        return Pulled(len(appended), len(whole), nbytes, await self._newest(touched))
+
+    async def _newest(self, touched: list[str]) -> float | None:
+        """The newest mtime among the files a pull touched. The whole tree's while none is
+        known yet: files may arrive without a pull of ours (the transfer of a killed
+        daemon finishing after the start-up walk)."""
+        if self.newest_at is None:
+            return await asyncio.to_thread(pull.newest_mtime, self.target)
+        if not touched:
+            return None
+        return await asyncio.to_thread(pull.newest_mtime, self.target, touched)
 
     def _prepare(self) -> None:
         self.target.mkdir(parents=True, exist_ok=True)
