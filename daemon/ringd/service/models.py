@@ -10,7 +10,6 @@ when an operator asks, on a ledger connection of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import time
@@ -31,6 +30,7 @@ from ringd.service.events import (
     JobFinished,
     LatestChanged,
 )
+from ringd.service.waiting import wait_event
 from ringd.settings import Settings
 from ringd.status import HeldOutStatus
 
@@ -68,8 +68,7 @@ class ModelRegistry:
                 except registry.ValidatorFailed as e:
                     self.stats["last_error"] = str(e)
                     log.error("checkpoint validation failed; retrying later", error=str(e))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), RESCAN_S)
+                await wait_event(self._changed, RESCAN_S)
                 self._changed.clear()
         finally:
             follower.cancel()
