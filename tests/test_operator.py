@@ -523,6 +523,6 @@ def test_no_preexec_fn_is_left_in_the_daemon() -> None:
     offenders = [
         str(p.relative_to(REPO))
         for p in (REPO / "daemon" / "ringd").rglob("*.py")
-        if "preexec_fn=" in p.read_text() and p.name != "rsync_process.py"
+        if "preexec_fn=" in p.read_text()
     ]
     assert offenders == []

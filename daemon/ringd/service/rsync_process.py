@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ringd import rsync
+from ringd import childsetup, rsync
 from ringd.rsync import VANISHED, describe_failure, unreachable
 from ringd.settings import SshSettings
 
@@ -71,12 +70,13 @@ def transport(
 async def run_rsync(argv: Sequence[str], timeout_s: float) -> Result:
     """Run rsync to completion or until `timeout_s`; never leaves it running."""
     process = await asyncio.create_subprocess_exec(
-        *argv,
+        # SIGTERM when the daemon dies, however it dies: set in the child itself
+        # (ringd.childsetup), not by a preexec_fn in this threaded process.
+        *childsetup.wrap(argv),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
         # Messages and escaped names in one stable form, whatever the host's locale.
         env={**os.environ, "LC_ALL": "C"},
     )
@@ -126,10 +126,3 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await process.wait()
-
-
-def _die_with_parent() -> None:
-    # In the child: SIGTERM when the daemon dies, however it dies.
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
