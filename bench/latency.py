@@ -50,6 +50,8 @@ def writer(index: int, root: str, rate: float, duration: float, out: str) -> Non
         record = make_record(
             rng, rng.choice(CONFIGS), "camel", "TEMPLATE-ID", moves=rng.randint(20, 60)
         )
+        # A game is its moves: the id in the first move makes each line its own game.
+        record["moves"][0]["id"] = "TEMPLATE-ID"  # type: ignore[index]
         templates.append(game_line(record))
     path = Path(root) / DIRS[index % len(DIRS)] / f"w{index:02d}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
