@@ -11,6 +11,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from rich.console import Console
 from rich.live import Live
@@ -26,6 +27,13 @@ from ringd.status import Status, Unreadable, build_status, unreadable_problem
 DEFAULT_CONFIG = "/etc/ringd/ringd.yaml"
 
 EXIT_OK, EXIT_ERROR, EXIT_UNAVAILABLE = 0, 1, 2
+CONFIG_HELP = f"the YAML configuration (default: $RINGD_CONFIG or {DEFAULT_CONFIG})"
+SOCKET_HELP = (
+    "the daemon's control socket (default: from --config, else $RINGD_SOCKET, "
+    "else from $RINGD_CONFIG or " + DEFAULT_CONFIG + ")"
+)
+# argparse's type for the object add_subparsers returns.
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,8 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ringd {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    config_help = f"the YAML configuration (default: $RINGD_CONFIG or {DEFAULT_CONFIG})"
 
+    _daemon_commands(sub)
+    _operator_commands(sub)
+    _models_command(sub)
+    _offline_commands(sub)
+    return parser
+
+
+def _daemon_commands(sub: _Subparsers) -> None:
+    """The daemon itself, and what follows it: run, status, events."""
     p = sub.add_parser(
         "run",
         help="run the daemon in the foreground (what systemd runs)",
@@ -74,13 +90,9 @@ def _parser() -> argparse.ArgumentParser:
             "SIGHUP re-reads the config; SIGTERM or SIGINT stop it cleanly."
         ),
     )
-    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
     p.set_defaults(handler=_cmd_run)
 
-    socket_help = (
-        "the daemon's control socket (default: from --config, else $RINGD_SOCKET, "
-        "else from $RINGD_CONFIG or " + DEFAULT_CONFIG + ")"
-    )
     p = sub.add_parser(
         "status",
         help="show +N/threshold per configuration from the running daemon",
@@ -89,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
             "total games, state and the age of the last game. Exit 2 when no daemon answers."
         ),
     )
-    _daemon_args(p, config_help, socket_help)
+    _daemon_args(p, CONFIG_HELP, SOCKET_HELP)
     p.add_argument("--json", action="store_true", help="print the status JSON instead")
     p.add_argument(
         "--watch",
@@ -115,14 +127,17 @@ def _parser() -> argparse.ArgumentParser:
             "daemon died)."
         ),
     )
-    _daemon_args(p, config_help, socket_help)
+    _daemon_args(p, CONFIG_HELP, SOCKET_HELP)
     p.set_defaults(handler=_cmd_events)
 
+
+def _operator_commands(sub: _Subparsers) -> None:
+    """Jobs and operators' actions on the running daemon."""
     p = sub.add_parser(
         "jobs",
         help="recent training jobs: state, progress, duration, checkpoint",
     )
-    _daemon_args(p, config_help, socket_help)
+    _daemon_args(p, CONFIG_HELP, SOCKET_HELP)
     p.add_argument("--json", action="store_true", help="print the jobs as JSON")
     p.set_defaults(handler=_cmd_jobs)
 
@@ -134,15 +149,23 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("name", metavar="CONFIG", help="a configuration, e.g. square8_2p")
-        _daemon_args(p, config_help, socket_help)
+        _daemon_args(p, CONFIG_HELP, SOCKET_HELP)
         p.set_defaults(handler=_cmd_config_action, action=name)
 
     text = "pull remote NAME now (rsync), even while it backs off after failures"
     p = sub.add_parser("pull", help=text, description=text)
     p.add_argument("name", metavar="NAME", help="a remote's name (remotes: in the config)")
-    _daemon_args(p, config_help, socket_help)
+    _daemon_args(p, CONFIG_HELP, SOCKET_HELP)
     p.set_defaults(handler=_cmd_pull)
 
+    p = sub.add_parser("logs", help="print a training job's log (the trainer's stderr)")
+    p.add_argument("job", metavar="JOB", help="a job id from `ringd jobs`")
+    _daemon_args(p, CONFIG_HELP, SOCKET_HELP)
+    p.set_defaults(handler=_cmd_logs)
+
+
+def _models_command(sub: _Subparsers) -> None:
+    """`ringd models` and its actions."""
     p = sub.add_parser(
         "models",
         help="checkpoints: per config latest, held-out metrics, promotions, verdicts",
@@ -155,32 +178,30 @@ def _parser() -> argparse.ArgumentParser:
             "configuration's latest over the promotion gate (models.promote)."
         ),
     )
-    _daemon_args(p, config_help, socket_help)
+    _daemon_args(p, CONFIG_HELP, SOCKET_HELP)
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.add_argument("--config-name", metavar="NAME", help="only this configuration, e.g. square8_2p")
     p.set_defaults(handler=_cmd_models)
     models = p.add_subparsers(title="actions", metavar="ACTION")
     q = models.add_parser("validate", help="validate again: PATH, or every checkpoint")
     q.add_argument("path", nargs="?", metavar="PATH")
-    _daemon_args(q, config_help, socket_help, after_subcommand=True)
+    _daemon_args(q, CONFIG_HELP, SOCKET_HELP, after_subcommand=True)
     q.set_defaults(handler=_cmd_models_validate)
     q = models.add_parser("pin", help="never remove PATH by retention (--unpin to undo)")
     q.add_argument("path", metavar="PATH")
     q.add_argument("--unpin", action="store_true")
-    _daemon_args(q, config_help, socket_help, after_subcommand=True)
+    _daemon_args(q, CONFIG_HELP, SOCKET_HELP, after_subcommand=True)
     q.set_defaults(handler=_cmd_models_pin)
     q = models.add_parser(
         "promote", help="make PATH its configuration's latest, over the promotion gate"
     )
     q.add_argument("path", metavar="PATH")
-    _daemon_args(q, config_help, socket_help, after_subcommand=True)
+    _daemon_args(q, CONFIG_HELP, SOCKET_HELP, after_subcommand=True)
     q.set_defaults(handler=_cmd_models_promote)
 
-    p = sub.add_parser("logs", help="print a training job's log (the trainer's stderr)")
-    p.add_argument("job", metavar="JOB", help="a job id from `ringd jobs`")
-    _daemon_args(p, config_help, socket_help)
-    p.set_defaults(handler=_cmd_logs)
 
+def _offline_commands(sub: _Subparsers) -> None:
+    """Commands that need no daemon: scan, check-config, sim, demo, schema."""
     p = sub.add_parser(
         "scan",
         help="index every new game now, without a daemon, and print the status",
@@ -190,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
             "+N/threshold. Safe to interrupt at any moment: what was committed stays."
         ),
     )
-    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--config", type=Path, help=CONFIG_HELP)
     p.add_argument("--json", action="store_true", help="print the status JSON instead")
     p.set_defaults(handler=_cmd_scan)
 
@@ -243,7 +264,6 @@ def _parser() -> argparse.ArgumentParser:
         help="print the JSON schema of the configuration file",
     )
     p.set_defaults(handler=_cmd_schema)
-    return parser
 
 
 def _daemon_args(
