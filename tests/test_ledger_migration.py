@@ -261,3 +261,88 @@ def test_a_reload_that_adds_an_alias_folds_the_counted_games(daemon: DaemonProce
     (root / "c.jsonl").write_bytes(record(99))
     daemon.wait_until(lambda s: sum(c["total_games"] for c in s["configs"]) == 4)
     assert daemon.configs()["square8_2p"]["total_games"] == 4
+
+
+def ledger_at_5(db: Path, files: dict[Path, bytes]) -> int:
+    """A schema 5 ledger as ringd 5 left it after indexing `files` (content keys, game
+    ids, `added`); the number of games."""
+    con = sqlite3.connect(db, isolation_level=None)
+    for i, script in enumerate(MIGRATIONS[:5], start=1):
+        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {i}; COMMIT;")
+    con.execute("INSERT INTO configs (name) VALUES ('square8_2p')")
+    now = time.time()
+    n = 0
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY)
+        fp = fingerprint(fd, len(data))
+        os.close(fd)
+        file_id = con.execute(
+            "INSERT INTO files (path, dev, ino, offset, fingerprint, size, mtime_ns, first_seen, "
+            "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(path), st.st_dev, st.st_ino, len(data), fp, st.st_size, st.st_mtime_ns, now, now),
+        ).lastrowid
+        offset = 0
+        for line in data.split(b"\n")[:-1]:
+            game = parse_line(line)
+            assert isinstance(game, Game)
+            con.execute(
+                "INSERT INTO games (key, config_id, file_id, offset, length, game_id, added) "
+                "VALUES (?, 1, ?, ?, ?, ?, ?)",
+                (game.key, file_id, offset, len(line), game.game_id, now),
+            )
+            offset += len(line) + 1
+            n += 1
+    con.execute("UPDATE configs SET total = ?", (n,))
+    con.close()
+    return n
+
+
+def test_a_schema_5_ledger_is_rebuilt_smaller_with_its_counts_and_sequence(
+    tmp_path: Path,
+) -> None:
+    """Schema 6 (issue 15): the games table without game_id, `added` and foreign keys.
+    Counts, watermarks, sequence numbers, keys and spans stay; the sequence goes on
+    where it was (a row deleted at the top is never reused); the file shrinks."""
+    root = tmp_path / "sp"
+    files = {
+        root / "gpu" / f"{n}.jsonl": b"".join(
+            record(i, gid=f"{i:036d}") for i in range(n * 50, n * 50 + 50)
+        )
+        for n in range(4)
+    }
+    db = tmp_path / "ledger.sqlite"
+    total = ledger_at_5(db, files)
+    con = sqlite3.connect(db, isolation_level=None)
+    top = con.execute("SELECT MAX(seq) FROM games").fetchone()[0]
+    con.execute("DELETE FROM games WHERE seq = ?", (top,))  # as _adopt_line_keys may
+    con.execute(
+        "UPDATE configs SET total = ?, trained_through = 120, trained_count = 120", (total - 1,)
+    )
+    rows_before = con.execute(
+        "SELECT seq, key, config_id, file_id, offset, length FROM games ORDER BY seq"
+    ).fetchall()
+    con.close()
+    size_before = db.stat().st_size
+
+    with Ledger(db) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION >= 6
+        assert counts(ledger) == {"square8_2p": total - 1}
+        [row] = ledger.config_counts()
+        assert (row.trained_through, row.new) == (120, total - 1 - 120)
+        rows = ledger._db.execute(
+            "SELECT seq, key, config_id, file_id, offset, length FROM games ORDER BY seq"
+        ).fetchall()
+        assert rows == rows_before
+        columns = {r[1] for r in ledger._db.execute("PRAGMA table_info(games)")}
+        assert columns == {"seq", "key", "config_id", "file_id", "offset", "length"}
+        assert readable(ledger) == {r[1] for r in rows}
+        # The next game gets the next sequence number, never the deleted one's.
+        (root / "new.jsonl").write_bytes(record(999))
+        report = run(ledger, root)
+        assert report.new_games["square8_2p"].first == top + 1
+        assert counts(ledger) == {"square8_2p": total}
+        assert ledger.spans_version("square8_2p") == 0 and ledger.jobs() == []
+    assert db.stat().st_size < size_before

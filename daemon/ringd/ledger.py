@@ -150,8 +150,57 @@ MIGRATIONS: tuple[str, ...] = (
         promote_reason = 'validated before promotion gates (ledger schema 5)'
         WHERE verdict = 'ok';
     """,
+    # 6: a ledger of tens of millions of games (issue 15). The games table is rebuilt
+    # without `game_id` (display only, never shown: a third of the bytes of a game),
+    # `added` and its foreign keys (the ledger is their only writer; the checks cost a
+    # lookup per insert), 127 -> about 80 bytes a game; the copy builds its key index
+    # in key order (full pages). `configs.spans_version` counts changes to the spans or
+    # keys of a config's counted games (span moves, re-keying, aliases folded in): a
+    # job's spans file is extended from the previous job's while it has not changed.
+    # `jobs.skipped`: new games of a job older than its window (a backlog over
+    # training.window.max_games). Sequence numbers and counts are kept as they are.
+    """
+    INSERT OR REPLACE INTO meta (name, value)
+        SELECT 'games_seq', seq FROM sqlite_sequence WHERE name = 'games';
+    CREATE TABLE games_v6 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        key BLOB NOT NULL,
+        config_id INTEGER NOT NULL,
+        file_id INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL
+    );
+    INSERT INTO games_v6 (seq, key, config_id, file_id, offset, length)
+        SELECT seq, key, config_id, file_id, offset, length FROM games ORDER BY seq;
+    DROP TABLE games;
+    ALTER TABLE games_v6 RENAME TO games;
+    CREATE UNIQUE INDEX games_by_key ON games(key);
+    CREATE INDEX games_by_config ON games(config_id, seq);
+    DELETE FROM sqlite_sequence WHERE name = 'games';
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'games', MAX(COALESCE((SELECT value FROM meta WHERE name = 'games_seq'), 0),
+                            COALESCE((SELECT MAX(seq) FROM games), 0));
+    DELETE FROM meta WHERE name = 'games_seq';
+    ALTER TABLE configs ADD COLUMN spans_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+VACUUM_AFTER = 6  # a migration to this version rewrites most of the file
+
+
+# The ingest writer of a large ledger (measured in bench/README.md, "Ledger at scale").
+# Game keys are random, so each new game lands on its own leaf page of the key index
+# once the index is much larger than a commit (a commit of ~30,000 small games into a
+# 20 M-game ledger dirties ~25,000 pages of 4 KiB). With SQLite's default 2 MiB page
+# cache those pages were spilled to the WAL mid-transaction and read back from the OS,
+# and each commit's pages were checkpointed (written again, fsynced) at once: the
+# writer's cache holds what a commit dirties, and the WAL is checkpointed every 256 MiB
+# instead of every 4 MiB, so a page rewritten by several commits is written once. A
+# memory map of the file measured no better than the cache and is not used.
+WRITER_CACHE_MB = 256
+WRITER_CHECKPOINT_PAGES = 65_536
+WAL_SIZE_LIMIT = 64 << 20  # the WAL file is truncated back to this after a checkpoint
 
 
 class LedgerError(Exception):
@@ -263,6 +312,9 @@ class JobRow:
     checkpoint: str | None
     checkpoint_sha256: str | None
     progress: dict[str, Any] | None
+    # New games of the range older than the job's window (a backlog over max_games):
+    # not trained on, though the range's success moves the watermark past them.
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +330,7 @@ class JobHistory:
 
 _JOB_COLUMNS = (
     "id, config, first_seq, last_seq, games, state, attempts, slot, triggered, created, started, "
-    "finished, exit_code, error, checkpoint, checkpoint_sha256, progress"
+    "finished, exit_code, error, checkpoint, checkpoint_sha256, progress, skipped"
 )
 
 
@@ -325,7 +377,13 @@ _CHECKPOINT_COLUMNS = (
 class Ledger:
     """One connection to the ledger file; use it from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, writer: bool = False) -> None:
+        """Open (creating or migrating) the ledger at `path`.
+
+        `writer`: the connection that indexes games (the ingest stage, `ringd scan`),
+        with the page cache and checkpoint interval of WRITER_CACHE_MB; the others
+        (job and model bookkeeping, status) keep SQLite's defaults.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(
@@ -336,6 +394,10 @@ class Ledger:
             # power cut may drop the last commits, and never half of one.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            if writer:
+                self._db.execute(f"PRAGMA cache_size = {-1024 * WRITER_CACHE_MB}")
+                self._db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{path}: {e}") from e
@@ -349,6 +411,10 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    def release_memory(self) -> None:
+        """Give back the page cache a large scan filled (it refills as needed)."""
+        self._db.execute("PRAGMA shrink_memory")
 
     def __enter__(self) -> Ledger:
         return self
@@ -373,6 +439,10 @@ class Ledger:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+        if version and version < VACUUM_AFTER <= SCHEMA_VERSION:
+            # The rebuilt games table left the old one's pages free: give them back
+            # (a ledger of 5.5 M games: 911 MB -> 422 MB, 12 s).
+            self._db.execute("VACUUM")
 
     @property
     def schema_version(self) -> int:
@@ -464,19 +534,22 @@ class Ledger:
             by_config: dict[str, list[tuple[object, ...]]] = {}
             for g in games:
                 by_config.setdefault(g.config, []).append(
-                    (g.key, self._config_id(g.config), file_id, g.offset, g.length, g.game_id, now)
+                    (g.key, self._config_id(g.config), file_id, g.offset, g.length)
                 )
-            for rows in by_config.values():
-                self._db.executemany(
-                    "INSERT INTO games (key, config_id, file_id, offset, length, game_id, added) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+            changed: dict[str, int] = {}  # rows inserted or moved, per config
+            for config, rows in by_config.items():
+                cur = self._db.executemany(
+                    "INSERT INTO games (key, config_id, file_id, offset, length) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
                     "file_id = excluded.file_id, offset = excluded.offset, length = excluded.length "
                     "WHERE file_id != excluded.file_id OR offset != excluded.offset "
                     "OR length != excluded.length",
                     rows,
                 )
+                changed[config] = cur.rowcount
+            adopted: set[int] = set()
             if self._line_keys:
-                self._adopt_line_keys(
+                adopted = self._adopt_line_keys(
                     file_id, [g for g in games if g.line_key is not None], seq_before
                 )
             for config in by_config:
@@ -492,6 +565,10 @@ class Ledger:
                         (count, now, config_id),
                     )
                     added[config] = Added(count, first, last)
+                # Rows changed beyond the new ones are counted games whose span moved
+                # (a copy, a rewritten file): spans files made before are stale.
+                if changed[config] > count or config_id in adopted:
+                    self._bump_spans_version(config_id)
             if rejects:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO rejects (file_id, offset, length, reason, detail, added)"
@@ -514,15 +591,19 @@ class Ledger:
             )
         return added
 
-    def _adopt_line_keys(self, file_id: int, games: Sequence[GameRow], seq_before: int) -> None:
+    def _adopt_line_keys(self, file_id: int, games: Sequence[GameRow], seq_before: int) -> set[int]:
         """New games that were counted before schema 4 under their line's hash: keep
         the old row (its sequence number, its count), give it the new key and this
-        span, and drop the row just inserted."""
+        span, and drop the row just inserted. Returns the configs (ids) of the rows
+        re-keyed."""
+        configs: set[int] = set()
         for g in games:
             new = self._db.execute("SELECT seq FROM games WHERE key = ?", (g.key,)).fetchone()
             if new is None or new[0] <= seq_before:
                 continue  # known already under the new key
-            old = self._db.execute("SELECT seq FROM games WHERE key = ?", (g.line_key,)).fetchone()
+            old = self._db.execute(
+                "SELECT seq, config_id FROM games WHERE key = ?", (g.line_key,)
+            ).fetchone()
             if old is None or old[0] == new[0]:
                 continue
             self._db.execute("DELETE FROM games WHERE seq = ?", (new[0],))
@@ -530,6 +611,13 @@ class Ledger:
                 "UPDATE games SET key = ?, file_id = ?, offset = ?, length = ? WHERE seq = ?",
                 (g.key, file_id, g.offset, g.length, old[0]),
             )
+            configs.add(old[1])
+        return configs
+
+    def _bump_spans_version(self, config_id: int) -> None:
+        self._db.execute(
+            "UPDATE configs SET spans_version = spans_version + 1 WHERE id = ?", (config_id,)
+        )
 
     @property
     def line_keys(self) -> bool:
@@ -572,6 +660,12 @@ class Ledger:
                     "UPDATE OR IGNORE games SET key = ? WHERE seq = ?", (key, seq)
                 )
                 done += cur.rowcount
+            if done:
+                self._db.execute(
+                    "UPDATE configs SET spans_version = spans_version + 1 WHERE id IN "
+                    "(SELECT DISTINCT config_id FROM games WHERE file_id = ?)",
+                    (file_id,),
+                )
             self._db.execute("UPDATE files SET rekey = 0 WHERE id = ?", (file_id,))
         return done
 
@@ -601,6 +695,7 @@ class Ledger:
                 self._db.execute(
                     "UPDATE games SET config_id = ? WHERE config_id = ?", (target_id, source_id)
                 )
+                self._bump_spans_version(target_id)
                 self._db.execute(
                     "UPDATE configs SET total = (SELECT COUNT(*) FROM games WHERE config_id = ?), "
                     "trained_count = (SELECT COUNT(*) FROM games WHERE config_id = ? "
@@ -700,6 +795,47 @@ class Ledger:
         rows.close()
         return found[::-1]
 
+    def spans_version(self, config: str) -> int:
+        """Changes so far to the spans or keys of a config's counted games (see migration 6)."""
+        row = self._db.execute(
+            "SELECT spans_version FROM configs WHERE name = ?", (config,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def window_start(self, config: str, last_seq: int, size: int) -> int:
+        """The sequence number of the oldest of a config's `size` most recent games up
+        to `last_seq` (0: it has no more than `size` of them). An index scan, in SQLite."""
+        if size <= 0:
+            return last_seq + 1
+        row = self._db.execute(
+            "SELECT seq FROM games WHERE config_id = (SELECT id FROM configs WHERE name = ?) "
+            "AND seq <= ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (config, last_seq, size - 1),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def span_rows(
+        self, config: str, after_seq: int, last_seq: int
+    ) -> list[tuple[int, bytes, int, int, int]]:
+        """(seq, key, file id, offset, length) of a config's games with `after_seq` <
+        seq <= `last_seq`, oldest first."""
+        return self._db.execute(
+            "SELECT seq, key, file_id, offset, length FROM games "
+            "WHERE config_id = (SELECT id FROM configs WHERE name = ?) AND seq > ? AND seq <= ? "
+            "ORDER BY seq",
+            (config, after_seq, last_seq),
+        ).fetchall()
+
+    def paths(self, file_ids: Iterable[int]) -> dict[int, str]:
+        """The path of each file id."""
+        ids = sorted(set(file_ids))
+        out: dict[int, str] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            out.update(self._db.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", part))
+        return out
+
     def count_between(self, config: str, first_seq: int, last_seq: int) -> int:
         row = self._db.execute(
             "SELECT COUNT(*) FROM games g JOIN configs c ON c.id = g.config_id "
@@ -721,16 +857,27 @@ class Ledger:
     # -- jobs -----------------------------------------------------------------------------
 
     def create_job(
-        self, job_id: str, config: str, first_seq: int, last_seq: int, games: int, triggered: bool
+        self,
+        job_id: str,
+        config: str,
+        first_seq: int,
+        last_seq: int,
+        games: int,
+        triggered: bool,
+        skipped: int = 0,
     ) -> JobRow:
-        """A queued job for a config's sequence range; the same range reuses its row."""
+        """A queued job for a config's sequence range; the same range reuses its row.
+
+        `skipped`: new games of the range older than the job's window (max_games).
+        """
         with self._transaction():
             self._db.execute(
-                "INSERT INTO jobs (id, config, first_seq, last_seq, games, state, triggered, created) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?) ON CONFLICT (config, first_seq, last_seq) "
+                "INSERT INTO jobs (id, config, first_seq, last_seq, games, state, triggered, "
+                "created, skipped) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?) "
+                "ON CONFLICT (config, first_seq, last_seq) "
                 "DO UPDATE SET state = CASE WHEN state = 'succeeded' THEN state ELSE 'queued' END, "
                 "triggered = excluded.triggered",
-                (job_id, config, first_seq, last_seq, games, int(triggered), time.time()),
+                (job_id, config, first_seq, last_seq, games, int(triggered), time.time(), skipped),
             )
         job = self.job_for_range(config, first_seq, last_seq)
         assert job is not None

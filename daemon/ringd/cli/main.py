@@ -522,7 +522,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_ERROR
     try:
-        ledger = Ledger(settings.ledger_path)
+        ledger = Ledger(settings.ledger_path, writer=True)
     except LedgerError as e:
         _err(f"cannot open the ledger: {e}")
         return EXIT_ERROR

@@ -42,6 +42,7 @@ from ringd.status import Unreadable, unreadable_problem
 T = TypeVar("T")
 log = structlog.get_logger("ringd.ingest")
 RATE_WINDOW_S = 60.0
+RELEASE_AFTER_GAMES = 10_000  # a scan that read this many gives back its page cache
 
 
 class Ingest:
@@ -56,7 +57,8 @@ class Ingest:
         self.watch = watch
         self.rules = rules  # how lines become games (aliases, statuses, line limit)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ingest")
-        self._ledger = Ledger(ledger_path)
+        # The one writer of games: a page cache that holds what a commit dirties.
+        self._ledger = Ledger(ledger_path, writer=True)
         self._bus = bus
         self._metrics = metrics
         self._stop = threading.Event()
@@ -113,6 +115,9 @@ class Ingest:
             self._failed(e, reason=reason)
             return ScanReport(errors=[f"ledger write failed: {e}"])
         self._metrics.scan_duration.labels(reason).observe(report.seconds)
+        if report.games_read >= RELEASE_AFTER_GAMES:
+            # A backfill filled the writer's page cache; idle, the daemon needs little.
+            await self._run(self._ledger.release_memory)
         self._note_unreadable(roots, report.errors)
         for path in report.new_files:
             self._bus.publish(FileFound(path))
