@@ -30,7 +30,12 @@ def main() -> int:
     seconds = float(sys.argv[2]) if len(sys.argv) > 3 else 0.5
     spec = json.loads(spec_path.read_text())
     out = Path(spec["output_dir"])
-    seqs = [g["seq"] for g in spec["games"]]
+    if spec.get("spans"):  # the window as the daemon hands it over: a spans file
+        from ringd.train.spans import iter_spans
+
+        seqs = [span.seq for span in iter_spans(spec["spans"]["path"])]
+    else:
+        seqs = [g["seq"] for g in spec["games"]]
     new = [s for s in seqs if s >= spec["new_from_seq"]]
     with open(out / "runs.log", "a") as log:
         log.write(f"{os.getpid()} {mode} {min(new)} {max(new)}\n")

@@ -83,7 +83,8 @@ def test_a_successful_job_consumes_exactly_its_range(make_daemon) -> None:  # ty
     folder = daemon.folder / "var" / "jobs" / done["id"]
     assert {"spec.json", "events.jsonl", "job.log"} <= {p.name for p in folder.iterdir()}
     spec = json.loads((folder / "spec.json").read_text())
-    assert spec["config"] == "square8_2p" and spec["device"] == "cpu" and len(spec["games"]) == 6
+    assert spec["config"] == "square8_2p" and spec["device"] == "cpu"
+    assert spec["spans"]["count"] == 6 and not spec["games"]  # the window is a spans file
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from ringd.service.supervisor import Supervisor
 from ringd.settings import ModelsSettings
 from ringd.sim import game_line, make_record
 from ringd.train.holdout import is_held_out
+from ringd.train.spans import iter_spans
 
 pytest.importorskip("torch", reason="the real trainer needs torch (the train extra)")
 
@@ -165,7 +166,7 @@ async def test_two_jobs_both_measured_the_second_promoted_and_no_window_holds_a_
     jobs = specs(project)
     assert len(jobs) == 2
     for spec in jobs:
-        window = {g["key"] for g in spec["games"]}
+        window = {span.key.hex() for span in iter_spans(spec["spans"]["path"])}
         held_out = {g["key"] for g in spec["holdout"]["games"]}
         assert window and not window & slice_keys
         assert held_out <= slice_keys and spec["holdout"]["fraction"] == FRACTION

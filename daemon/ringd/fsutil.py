@@ -52,3 +52,22 @@ def write_bytes_atomically(path: Path, data: bytes, *, sync_dir: bool = True) ->
         f.write(data)
 
     write_atomically(path, write, sync_dir=sync_dir)
+
+
+def tree_bytes(folder: Path | str) -> int:
+    """Bytes of the regular files below `folder` (0 if it is not there); symlinks are
+    not followed."""
+    total = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                total += tree_bytes(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return total

@@ -188,6 +188,15 @@ class LauncherSettings(_Model):
     prefix: list[str] = Field(default_factory=list)
 
 
+class SampleCacheSettings(_Model):
+    """The trainer's sample cache (state_dir/samples): bounded per config."""
+
+    # After each job, drop from the config's cache the games outside that job's window
+    # and held-out set, once they take more than this share on top of the window.
+    compact: bool = True
+    margin: float = Field(default=0.25, ge=0, le=10)
+
+
 class TrainingSettings(_Model):
     enabled: bool = True
     # One job slot per entry: `auto` finds the GPUs, `cpu` is one CPU slot.
@@ -204,6 +213,7 @@ class TrainingSettings(_Model):
     hyper: Hyper = Field(default_factory=Hyper)
     window: WindowSettings = Field(default_factory=WindowSettings)
     holdout: HoldoutSettings = Field(default_factory=HoldoutSettings)
+    sample_cache: SampleCacheSettings = Field(default_factory=SampleCacheSettings)
     timeout_s: float = Field(default=6 * 3600, gt=0)
     # SIGTERM, then this long to save a resumable checkpoint, then SIGKILL.
     grace_s: float = Field(default=60, gt=0)

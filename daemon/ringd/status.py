@@ -78,6 +78,8 @@ class ConfigStatus(BaseModel):
     backoff_until: float | None = None
     last_error: str | None = None
     held_out: HeldOutStatus | None = None  # the last job's held-out metrics (daemon only)
+    # Disk taken by the config's sample cache (state_dir/samples/<config>; daemon only).
+    samples_bytes: int | None = None
 
 
 class RamdiskStatus(BaseModel):
@@ -206,6 +208,7 @@ def build_status(
     ramdisk: Sequence[RamdiskStatus] = (),
     scheduling: Mapping[str, Scheduling] | None = None,
     held_out: Mapping[str, HeldOutStatus] | None = None,
+    samples_bytes: Mapping[str, int] | None = None,
     remotes: Sequence[RemoteStatus] = (),
     publish: Sequence[PublishStatus] = (),
 ) -> Status:
@@ -235,6 +238,7 @@ def build_status(
                 backoff_until=sched.backoff_until if sched else None,
                 last_error=sched.last_error if sched else None,
                 held_out=(held_out or {}).get(name),
+                samples_bytes=(samples_bytes or {}).get(name),
             )
         )
     return Status(

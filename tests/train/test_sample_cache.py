@@ -218,3 +218,71 @@ def _is_camel(game: dict[str, Any]) -> bool:
     with open(game["path"], "rb") as f:
         f.seek(game["offset"])
         return b'"boardType"' in f.read(200)
+
+
+def test_compaction_bounds_the_cache_and_never_removes_a_pinned_shard(
+    square8_corpus: list[dict[str, Any]], make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    from ringd.train.cache import SampleCache
+    from ringd.train.compact import compact
+
+    games = square8_corpus
+    encoder = CountingEncoder()
+    geometry = encoder.geometry("square8", 2)
+    cache = SampleCache(tmp_path / "samples", "square8_2p", "grid", GridEncoder.version, geometry)
+    finished = prepare(make_spec(games[:40], job_id="a"), encoder)  # shard 1: games 0..39
+    assert finished.pin is not None
+    finished.pin.release()  # job a ended (its process exited)
+    running = prepare(make_spec(games[30:70], job_id="b"), encoder)  # shard 2: 40..69
+    assert running.pin is not None and cache.pinned() == {1, 2}  # job b still "runs"
+    latest = prepare(make_spec(games[60:], job_id="c"), encoder)  # shard 3: 70..119
+    assert latest.pin is not None
+    latest.pin.release()
+    assert cache.shard_ids() == [1, 2, 3]
+    keep = np.frombuffer(b"".join(bytes.fromhex(g["key"]) for g in games[60:]), "V16")
+
+    # A pin left by a job that died (no lock held) protects nothing: it is removed.
+    stale = cache.folder / "pins" / "square8_2p-gone-999999-1.pin"
+    stale.write_text(json.dumps({"pid": 999999, "shards": [3]}))
+
+    report = compact(cache, keep, margin=0.0)
+    assert report.pinned == [1, 2] and not stale.exists()
+    assert report.dropped == [] and report.rewritten == []  # only pinned shards hold dead games
+    assert cache.shard_ids() == [1, 2, 3]
+    assert_window_is(running, games[30:70])  # job b's window reads as before
+
+    running.pin.release()  # job b ends
+    report = compact(cache, keep, margin=0.0)
+    assert report.dropped == [1] and report.rewritten == [2] and report.pinned == []
+    assert report.samples_after == report.kept_samples < report.samples_before
+    assert report.bytes_after < report.bytes_before
+    assert sorted(cache.shard_ids()) == [3, 4]  # ids are never reused
+    assert not (cache.folder / "000001.planes.npy").exists()
+    assert not (cache.folder / "000002.games.npy").exists()
+    # The window's games are all still cached, with the same samples.
+    again = prepare(make_spec(games[60:], job_id="d"), encoder)
+    assert (again.cached, again.encoded, encoder.calls) == (60, 0, 120)
+    assert_window_is(again, games[60:])
+
+
+def test_compaction_keeps_a_margin_over_the_window(
+    square8_corpus: list[dict[str, Any]], make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    from ringd.train.cache import SampleCache
+    from ringd.train.compact import compact
+
+    games = square8_corpus
+    encoder = GridEncoder()
+    geometry = encoder.geometry("square8", 2)
+    cache = SampleCache(tmp_path / "samples", "square8_2p", "grid", GridEncoder.version, geometry)
+    for n, start in enumerate(range(0, 120, 10)):  # twelve jobs, a shard of 10 games each
+        done = prepare(make_spec(games[max(0, start - 30) : start + 10], job_id=f"j{n}"), encoder)
+        assert done.pin is not None
+        done.pin.release()
+    window = games[60:]
+    keep = np.frombuffer(b"".join(bytes.fromhex(g["key"]) for g in window), "V16")
+    report = compact(cache, keep, margin=0.25)
+    assert report.dropped == [1, 2, 3, 4, 5, 6]  # nothing of the window: deleted whole
+    assert report.samples_after <= 1.25 * report.kept_samples
+    assert report.samples_before > 1.25 * report.kept_samples
+    assert_window_is(prepare(make_spec(window, job_id="next"), encoder), window)

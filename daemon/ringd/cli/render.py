@@ -119,6 +119,10 @@ def view(status: Status) -> RenderableType:
             f"{status.rejected_total:,} rejected" + (f" ({rejects})" if rejects else "")
         )
     )
+    cached = [(r.name, r.samples_bytes) for r in status.configs if r.samples_bytes]
+    if cached:
+        sizes = ", ".join(f"{name} {n / 1e6:,.1f} MB" for name, n in cached)
+        parts.append(Text(f"sample cache: {sizes}"))
     return Group(*parts)
 
 
@@ -252,10 +256,11 @@ def jobs_view(jobs: Sequence[Mapping[str, Any]], now: float | None = None) -> Re
         started, finished = job.get("started"), job.get("finished")
         duration = _duration((finished or now) - started) if started else "-"
         note = job.get("checkpoint") if job["state"] == "succeeded" else job.get("error")
+        skipped = job.get("skipped") or 0
         table.add_row(
             job["id"],
             Text(job["state"], style=_JOB_STYLE.get(job["state"], "")),
-            f"{job['games']:,}",
+            f"{job['games']:,}" + (f" ({skipped:,} older skipped)" if skipped else ""),
             done,
             duration,
             str(job["attempts"]),

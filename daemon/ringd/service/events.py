@@ -130,6 +130,9 @@ class JobStarted(Event):
     slot: str
     first_seq: int
     last_seq: int
+    # New games of the range older than the window (a backlog over max_games): not
+    # trained on; the job's success moves the watermark past them.
+    skipped_games: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,13 +32,12 @@ import structlog
 
 from ringd import childsetup
 from ringd.boards import split_config_name
-from ringd.fsutil import write_bytes_atomically
+from ringd.fsutil import tree_bytes, write_bytes_atomically
 from ringd.ledger import JobRow, Ledger, Span
 from ringd.service.errors import OperatorError
 from ringd.service.events import EventBus, JobFinished, JobProgressed, JobStarted
 from ringd.service.metrics import Metrics
 from ringd.settings import Settings, TrainingSettings
-from ringd.train.holdout import bucket_of, held_out_buckets
 from ringd.train.protocol import (
     CheckpointEvent,
     DoneEvent,
@@ -50,6 +49,7 @@ from ringd.train.protocol import (
     parse_event,
 )
 from ringd.train.spec import GameSpan, HoldOut, JobSpec, SpecError, load_spec
+from ringd.windows import SPANS_FILE, build_window, window_size
 
 T = TypeVar("T")
 log = structlog.get_logger("ringd.jobs")
@@ -196,6 +196,10 @@ class JobRunner:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="jobs")
         self.running: dict[str, RunningJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Bytes of each config's sample cache (state_dir/samples/<config>), for the
+        # status: measured at start and after each job and its compaction.
+        self.samples_bytes: dict[str, int] = {}
+        self._compacting: dict[str, asyncio.Task[None]] = {}
 
     async def db(self, fn: Callable[[Ledger], T]) -> T:
         """Run bookkeeping (jobs, pauses, checkpoints) on the runner's own ledger connection."""
@@ -213,16 +217,17 @@ class JobRunner:
         training = self.settings.training
         init = _warm_start(self.settings.state_dir / "models" / config / "latest.pt", training)
         state_dir = self.settings.state_dir
+        aliases = dict(self.settings.records.board_aliases)
+        # The window's spans file and the spec are written on the runner's thread, off
+        # the event loop (ringd.windows: in proportion to the new games).
         plan = await self.db(
-            lambda db: _plan(db, config, training, triggered, init, state_dir, slot.device)
+            lambda db: _plan(db, config, training, triggered, init, state_dir, slot.device, aliases)
         )
         if plan is None:
             return None
         job, spec = plan
         folder = Path(spec.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"
-        write_bytes_atomically(spec_path, spec.model_dump_json(indent=1).encode())
         argv = trainer_argv(training, slot, spec_path, job.id)
         await _stop_leftover(folder / "job.pid", spec_path, self.settings.training.grace_s)
         env = trainer_env(self.settings, slot)
@@ -261,7 +266,16 @@ class JobRunner:
             last_seq=job.last_seq,
             pid=process.pid,
         )
-        self._bus.publish(JobStarted(job.id, config, slot.name, job.first_seq, job.last_seq))
+        if job.skipped:
+            log.warning(
+                "backlog over training.window.max_games: the job trains on the newest games",
+                job=job.id,
+                window_max_games=training.window.max_games,
+                skipped_games=job.skipped,
+            )
+        self._bus.publish(
+            JobStarted(job.id, config, slot.name, job.first_seq, job.last_seq, job.skipped)
+        )
         task = asyncio.create_task(self._guarded(running, folder))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -328,6 +342,69 @@ class JobRunner:
             checkpoint=checkpoint,
         )
         self._finished(job, state, code, error, seconds, checkpoint)
+        self._after_job(job.config, folder / "spec.json")
+
+    def _after_job(self, config: str, spec_path: Path) -> None:
+        """Compact the config's sample cache in the background (a child process at nice
+        19 and idle I/O: ringd.train.compact), then measure it again."""
+        cache = self.settings.training.sample_cache
+        if self._compacting.get(config) is not None and not self._compacting[config].done():
+            return  # one at a time per config; the next job's compaction catches up
+        # Not among the jobs' tasks: a stop does not wait for it (the child gets SIGTERM;
+        # compaction is atomic per shard and picks up after a kill).
+        task = asyncio.create_task(self._compact(config, spec_path, cache.compact, cache.margin))
+        self._compacting[config] = task
+
+    async def _compact(self, config: str, spec_path: Path, compact: bool, margin: float) -> None:
+        folder = self.settings.state_dir / "samples" / config
+        try:
+            if compact and folder.is_dir() and spec_path.is_file():
+                argv = [sys.executable, "-m", "ringd.train.compact", str(spec_path)]
+                argv += ["--margin", str(margin)]
+                process = await asyncio.create_subprocess_exec(
+                    *childsetup.wrap(argv, die_with_parent=True, nice=19, idle_io=True),
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                try:
+                    out, err = await process.communicate()
+                except asyncio.CancelledError:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.terminate()
+                    raise
+                try:
+                    report = json.loads(out.decode().strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    report = {"error": err.decode(errors="replace").strip()[-500:]}
+                if process.returncode or "error" in report:
+                    log.warning("sample cache compaction failed", config=config, **report)
+                elif report.get("dropped") or report.get("rewritten"):
+                    log.info(
+                        "sample cache compacted",
+                        config=config,
+                        bytes_before=report["bytes_before"],
+                        bytes_after=report["bytes_after"],
+                        dropped=len(report["dropped"]),
+                        rewritten=len(report["rewritten"]),
+                        pinned=len(report["pinned"]),
+                        seconds=report["seconds"],
+                    )
+            self.samples_bytes[config] = await asyncio.to_thread(tree_bytes, folder)
+        except Exception:
+            log.exception("sample cache compaction failed", config=config)
+
+    async def measure_samples(self) -> None:
+        """Bytes of every config's sample cache (for the status)."""
+        root = self.settings.state_dir / "samples"
+
+        def measure() -> dict[str, int]:
+            try:
+                names = [e.name for e in os.scandir(root) if e.is_dir()]
+            except OSError:
+                return {}
+            return {name: tree_bytes(root / name) for name in names}
+
+        self.samples_bytes.update(await asyncio.to_thread(measure))
 
     def _finished(
         self,
@@ -415,6 +492,9 @@ class JobRunner:
         await self.db(lambda db: db.set_paused(config, paused))
 
     async def close(self) -> None:
+        for task in self._compacting.values():
+            task.cancel()
+        await asyncio.gather(*self._compacting.values(), return_exceptions=True)
         await self.db(lambda db: db.close())
         self._executor.shutdown(wait=True)
 
@@ -427,35 +507,55 @@ def _plan(
     init: str | None,
     state_dir: Path,
     device: str,
+    aliases: dict[str, str] | None = None,
 ) -> tuple[JobRow, JobSpec] | None:
-    """The job for a config's new games and its spec."""
-    from ringd.train.window import window_games
-
+    """The job for a config's new games, its window's spans file and its spec, written
+    to the job's folder."""
     first = db.trained_through(config) + 1
     last = db.max_seq(config)
     if last < first:
         return None
     resumed = _resume_interrupted(db, config, first, triggered, device, state_dir)
     if resumed is not None:
+        _write_spec(*resumed)
         return resumed
     new_games = db.count_between(config, first, last)
     total = db.total(config)
     w = training.window
-    size = window_games(
-        total, min_games=w.min_games, max_games=w.max_games, alpha=w.alpha, beta=w.beta
+    # At most max_games: a larger backlog trains on its newest games (`skipped`: the
+    # older ones; the range's success moves the watermark past them all the same).
+    window = window_size(
+        total, new_games, min_games=w.min_games, max_games=w.max_games, alpha=w.alpha, beta=w.beta
     )
-    size = max(size, new_games)
     # The held-out slice is never trained on (ringd.train.holdout; the trainer checks
     # too); each job is measured on the slice's most recent games instead.
     fraction = training.holdout.fraction
-    buckets = held_out_buckets(fraction)
-    spans = [s for s in db.window(config, last, size) if bucket_of(s.key) >= buckets]
     held_out = db.held_out_games(config, last, training.holdout.games, fraction)
     # The same range (an interrupted or failed job, no newer games) reuses its id
     # and folder, so the trainer resumes from its checkpoint there.
-    job = db.create_job(job_id(config, first, last), config, first, last, new_games, triggered)
+    job = db.create_job(
+        job_id(config, first, last), config, first, last, new_games, triggered, window.skipped
+    )
     if job.state == "succeeded":
         return None  # this range was trained already: never twice
+    folder = state_dir / "jobs" / job.id
+    folder.mkdir(parents=True, exist_ok=True)
+    # Extend the previous job's spans file (or this range's own, from an earlier attempt).
+    earlier = [folder / SPANS_FILE] + [
+        state_dir / "jobs" / j.id / SPANS_FILE
+        for j in db.jobs(limit=5, config=config)
+        if j.id != job.id
+    ]
+    built = build_window(db, config, last, window.size, fraction, folder / SPANS_FILE, earlier)
+    log.info(
+        "job window written",
+        job=job.id,
+        games=built.spans.count,
+        extended=built.extended,
+        reused=built.reused,
+        read=built.read,
+        seconds=round(built.seconds, 3),
+    )
     board, players = split_config_name(config) or (config, 0)
     spec = JobSpec(
         version=1,
@@ -464,12 +564,11 @@ def _plan(
         board=board,
         players=players,
         encoder=training.encoder,
-        games=[
-            GameSpan(path=s.path, offset=s.offset, length=s.length, key=s.key.hex(), seq=s.seq)
-            for s in spans
-        ],
+        spans=built.spans,
         new_from_seq=first,
-        output_dir=str(state_dir / "jobs" / job.id),
+        skipped_games=window.skipped,
+        board_aliases=aliases,
+        output_dir=str(folder),
         samples_dir=str(state_dir / "samples"),
         # The registry's validated latest (never a file that failed validation).
         init_checkpoint=init,
@@ -478,7 +577,14 @@ def _plan(
         hyper=training.hyper,
         holdout=HoldOut(fraction=fraction, games=[_span(s) for s in held_out]),
     )
+    _write_spec(job, spec)
     return job, spec
+
+
+def _write_spec(job: JobRow, spec: JobSpec) -> None:
+    folder = Path(spec.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(folder / "spec.json", spec.model_dump_json(indent=1).encode())
 
 
 def _span(s: Span) -> GameSpan:

@@ -147,6 +147,7 @@ class Supervisor:
         )
         await s.ingest.scan(self.settings.watch.roots, "start")
         await s.runner.recover()
+        await s.runner.measure_samples()
         s.scheduler.check_trainer()  # in the background; no job starts before it passed
         await s.scheduler.schedule_once()
         self.ready.set()
@@ -208,6 +209,7 @@ class Supervisor:
             ramdisk=s.ramdisk.status(),
             scheduling=s.scheduler.scheduling(),
             held_out=s.models.held_out,
+            samples_bytes=s.runner.samples_bytes,
             remotes=s.remotes.status(),
             publish=s.publisher.status(),
             daemon={

@@ -77,28 +77,41 @@ class Window:
         geometry: Geometry, entries: Sequence[CacheEntry], shards: dict[int, ShardArrays]
     ) -> Window:
         """The window of the games at ``entries`` (in window order; unencodable ones skipped)."""
-        run_shard: list[int] = []
-        run_row: list[int] = []
-        run_start: list[int] = [0]
-        for entry in entries:
-            if entry.count <= 0:
-                continue
-            if (
-                run_shard
-                and run_shard[-1] == entry.shard
-                and run_row[-1] + (run_start[-1] - run_start[-2]) == entry.start
-            ):
-                run_start[-1] += entry.count  # continues the previous run
-                continue
-            run_shard.append(entry.shard)
-            run_row.append(entry.start)
-            run_start.append(run_start[-1] + entry.count)
+        return Window.from_arrays(
+            geometry,
+            np.array([e.shard for e in entries], np.int64),
+            np.array([e.start for e in entries], np.int64),
+            np.array([e.count for e in entries], np.int64),
+            shards,
+        )
+
+    @staticmethod
+    def from_arrays(
+        geometry: Geometry,
+        shard: IntArray,
+        start: IntArray,
+        count: IntArray,
+        shards: dict[int, ShardArrays],
+    ) -> Window:
+        """The window of the games at (shard, start, count), in window order; games
+        without samples are skipped. Consecutive games in consecutive rows of one
+        shard make one run (vectorised: no Python loop over the games)."""
+        keep = count > 0
+        shard, start, count = shard[keep], start[keep], count[keep]
+        if not len(count):
+            empty = np.zeros(0, np.int64)
+            return Window(geometry, shards, empty, empty, np.zeros(1, np.int64))
+        continues = np.zeros(len(count), bool)
+        continues[1:] = (shard[1:] == shard[:-1]) & (start[1:] == start[:-1] + count[:-1])
+        first = np.flatnonzero(~continues)
+        ends = np.cumsum(count)
+        last = np.append(first[1:] - 1, len(count) - 1)
         return Window(
             geometry,
             shards,
-            np.array(run_shard, np.int64),
-            np.array(run_row, np.int64),
-            np.array(run_start, np.int64),
+            shard[first].astype(np.int64),
+            start[first].astype(np.int64),
+            np.concatenate([[0], ends[last]]).astype(np.int64),
         )
 
     @property

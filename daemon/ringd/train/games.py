@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ringd.records import game_key
+from ringd.records import DEFAULT_RULES, Rules, game_key
+from ringd.train.spans import WindowSpans
 from ringd.train.spec import GameSpan
 
 
@@ -32,30 +33,40 @@ class ReadGames:
     missing: list[Missing]
 
 
-def read_games(spans: Sequence[GameSpan], indices: Sequence[int]) -> ReadGames:
+def read_games(
+    spans: WindowSpans | Sequence[GameSpan],
+    indices: Iterable[int],
+    rules: Rules = DEFAULT_RULES,
+) -> ReadGames:
     """Read the games at window positions ``indices`` of ``spans``, checking each key.
 
-    One open file per path, reads in offset order (sequential on disk); a file that
-    cannot be opened makes all its games missing with the OS error as the reason.
+    ``rules`` key the lines read (``records.game_key``): the board aliases of the
+    daemon that counted them (the spec's ``board_aliases``), so that a game under a
+    site's own alias is found, not missing. One open file per path, reads in offset
+    order (sequential on disk); a file that cannot be opened makes all its games
+    missing with the OS error as the reason.
     """
-    by_path: dict[str, list[int]] = defaultdict(list)
+    if not isinstance(spans, WindowSpans):
+        spans = WindowSpans.from_games(spans)
+    records = spans.records
+    by_file: dict[int, list[int]] = defaultdict(list)
     for i in indices:
-        by_path[spans[i].path].append(i)
+        by_file[int(records["file"][i])].append(int(i))
     lines: dict[int, bytes] = {}
     missing: list[Missing] = []
-    for path, members in by_path.items():
-        members.sort(key=lambda i: spans[i].offset)
-        for i, line, reason in _read_file(path, [spans[i] for i in members], members):
+    for file, members in by_file.items():
+        members.sort(key=lambda i: int(records["offset"][i]))
+        for i, line, reason in _read_file(spans, spans.paths[file], members, rules):
             if line is not None:
                 lines[i] = line
             else:
-                missing.append(Missing(i, spans[i].seq, reason))
+                missing.append(Missing(i, int(records["seq"][i]), reason))
     missing.sort(key=lambda m: m.index)
     return ReadGames(lines, missing)
 
 
 def _read_file(
-    path: str, spans: list[GameSpan], indices: list[int]
+    spans: WindowSpans, path: str, indices: list[int], rules: Rules
 ) -> Iterator[tuple[int, bytes | None, str]]:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -64,15 +75,16 @@ def _read_file(
             yield i, None, f"unreadable file: {e.strerror or e}"
         return
     try:
-        for i, span in zip(indices, spans, strict=True):
+        for i in indices:
+            offset, length = spans.offset(i), spans.length(i)
             try:
-                line = os.pread(fd, span.length, span.offset)
+                line = os.pread(fd, length, offset)
             except OSError as e:
                 yield i, None, f"read failed: {e.strerror or e}"
                 continue
-            if len(line) != span.length:
-                yield i, None, f"short read: {len(line)} of {span.length} bytes (file truncated)"
-            elif game_key(line) != span.key_bytes:
+            if len(line) != length:
+                yield i, None, f"short read: {len(line)} of {length} bytes (file truncated)"
+            elif game_key(line, rules) != spans.key(i):
                 yield i, None, "key mismatch: the bytes at the span are another game"
             else:
                 yield i, line, ""

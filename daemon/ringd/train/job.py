@@ -9,10 +9,12 @@ code (:class:`~ringd.train.protocol.ExitCode`); human-readable logs go to stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -37,6 +39,9 @@ def run_job(
     try:
         spec = read_spec(spec_path)
         encoder, geometry = _encoder(spec)
+        # torch takes seconds to import: do it while the window is looked up and its new
+        # games are encoded (in worker processes of their own, which never import it).
+        threading.Thread(target=_import_trainer, name="import-torch").start()
         prepared = prepare_window(spec, encoder, geometry, stop=stop, workers=workers)
         if prepared.window.size == 0:
             raise JobFailed(ExitCode.NO_GAMES, _no_games(spec, prepared))
@@ -67,6 +72,11 @@ def run_job(
         return ExitCode.INTERNAL
 
 
+def _import_trainer() -> None:
+    with contextlib.suppress(Exception):  # the main thread's import reports it
+        import ringd.train.loop  # noqa: F401  # torch
+
+
 def read_spec(path: Path) -> JobSpec:
     try:
         text = path.read_bytes()
@@ -87,7 +97,7 @@ def _encoder(spec: JobSpec) -> tuple[Encoder, Geometry]:
 
 
 def _no_games(spec: JobSpec, prepared: Prepared) -> str:
-    parts = [f"none of the {len(spec.games)} games of the window is usable"]
+    parts = [f"none of the {prepared.games} games of the window is usable"]
     if prepared.missing:
         reasons = sorted({m.reason.split(":")[0] for m in prepared.missing})
         parts.append(f"{len(prepared.missing)} missing ({', '.join(reasons)})")
@@ -95,7 +105,7 @@ def _no_games(spec: JobSpec, prepared: Prepared) -> str:
         parts.append(
             f"{len(prepared.rejected)} rejected by the encoder (first: {prepared.rejected[0][1]})"
         )
-    if not spec.games:
+    if not prepared.games:
         parts.append("the spec lists no games")
     return "; ".join(parts)
 

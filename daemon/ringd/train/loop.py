@@ -467,13 +467,16 @@ def _start_event(
     return StartEvent(
         job_id=spec.job_id,
         config=spec.config,
-        games=len(spec.games),
-        usable_games=len(spec.games) - len(missing) - len(rejected),
+        games=prepared.games,
+        usable_games=prepared.games - len(missing) - len(rejected),
         missing_games=len(missing),
         missing=[SkippedGame(seq=m.seq, reason=m.reason) for m in missing[:EXAMPLES]],
         rejected_games=len(rejected),
-        rejected=[SkippedGame(seq=spec.games[i].seq, reason=why) for i, why in rejected[:EXAMPLES]],
+        rejected=[
+            SkippedGame(seq=prepared.seq_of(i), reason=why) for i, why in rejected[:EXAMPLES]
+        ],
         new_games=prepared.new_games,
+        skipped_games=spec.skipped_games,
         encoded_games=prepared.encoded,
         cached_games=prepared.cached,
         samples=prepared.window.size,

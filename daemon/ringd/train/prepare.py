@@ -13,20 +13,24 @@ import multiprocessing
 import os
 import signal
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
-from ringd.train.cache import CacheEntry, SampleCache
+from ringd.records import DEFAULT_RULES, Rules
+from ringd.train.cache import Pin, SampleCache
 from ringd.train.data import HostBatch, Window
 from ringd.train.encode import EncodeError, Encoder, Geometry, Samples, load_encoder
 from ringd.train.games import Missing, read_games
+from ringd.train.holdout import held_out_buckets
 from ringd.train.protocol import ExitCode, JobFailed
-from ringd.train.spec import GameSpan, JobSpec
+from ringd.train.spans import SpansError, WindowSpans
+from ringd.train.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,18 @@ class Prepared:
     new_samples: int  # their samples: what the number of steps follows
     seq_first: int | None  # sequence range of the usable games
     seq_last: int | None
+    spans: WindowSpans | None = None  # the window's games (seq, key, span) as read
+    pin: Pin | None = None  # this job's pin on the cache shards the window reads
+
+    @property
+    def games(self) -> int:
+        """Games in the window."""
+        return len(self.spans) if self.spans is not None else 0
+
+    def seq_of(self, index: int) -> int:
+        """The sequence number of the game at window position ``index``."""
+        assert self.spans is not None
+        return int(self.spans.seq[index])
 
 
 def worker_count() -> int:
@@ -67,6 +83,48 @@ def worker_count() -> int:
         return os.cpu_count() or 1
 
 
+def spec_rules(spec: JobSpec) -> Rules:
+    """How the trainer keys the lines it reads back: the daemon's board aliases."""
+    if spec.board_aliases is None:
+        return DEFAULT_RULES
+    return Rules(aliases=dict(spec.board_aliases))
+
+
+def window_spans(spec: JobSpec) -> WindowSpans:
+    """The spec's window (its spans file, or its inline games), checked: oldest first,
+    no held-out game. A bad spans file is a bad spec (exit 2)."""
+    if spec.spans is None:
+        return WindowSpans.from_games(spec.games)  # the spec's own validation checked them
+    try:
+        spans = WindowSpans.from_file(spec.spans)
+    except SpansError as e:
+        raise JobFailed(ExitCode.BAD_SPEC, f"spans: {e}") from None
+    seq = spans.seq
+    if len(seq) > 1 and not bool((seq[1:] > seq[:-1]).all()):
+        at = int(np.flatnonzero(seq[1:] <= seq[:-1])[0]) + 1
+        raise JobFailed(
+            ExitCode.BAD_SPEC,
+            f"spans: games must be oldest first with increasing seq; seq {int(seq[at])} "
+            f"follows {int(seq[at - 1])}",
+        )
+    buckets = held_out_buckets(spec.holdout.fraction)
+    held: np.ndarray = np.zeros(len(spans), bool)
+    if buckets and len(spans):
+        first8 = np.ascontiguousarray(spans.keys).view(">u8").reshape(-1, 2)[:, 0]
+        held |= (first8 % np.uint64(10_000)) < np.uint64(buckets)
+    if spec.holdout.games and len(spans):
+        named = np.frombuffer(b"".join(g.key_bytes for g in spec.holdout.games), "V16")
+        held |= np.isin(spans.keys, named)
+    if held.any():
+        i = int(np.flatnonzero(held)[0])
+        raise JobFailed(
+            ExitCode.BAD_SPEC,
+            f"spans: seq {int(seq[i])} (key {spans.key(i).hex()}) is a held-out game "
+            f"(holdout.fraction {spec.holdout.fraction:g}); no job trains on one",
+        )
+    return spans
+
+
 def prepare_window(
     spec: JobSpec,
     encoder: Encoder,
@@ -74,29 +132,40 @@ def prepare_window(
     *,
     stop: Callable[[], bool],
     workers: int | None = None,
+    spans: WindowSpans | None = None,
+    pin: bool = True,
 ) -> Prepared:
     """The window's samples, encoding (and caching) the games not encoded before.
 
     ``stop`` is polled between encoding tasks; when it turns true, what has been
     encoded so far is committed to the cache and :class:`JobFailed` (INTERRUPTED) is
     raised. ``workers``: processes for encoding (default: every core this process may
-    use; 1 encodes in this process).
+    use; 1 encodes in this process). ``spans``: the games (default: the spec's
+    window). With ``pin`` the shards the window reads are pinned against compaction
+    (``Prepared.pin``) before the cache's lock is let go.
+
+    Everything but reading and encoding the new games is vectorised: a window of
+    500,000 cached games costs a key lookup in numpy, not a Python loop.
     """
-    games = spec.games
+    if spans is None:
+        spans = window_spans(spec)
+    rules = spec_rules(spec)
     cache_ = SampleCache(
         Path(spec.samples_dir), spec.config, encoder.name, encoder.version, geometry
     )
     missing: list[Missing] = []
     rejected: list[tuple[int, str]] = []
     encoded = 0
+    held: Pin | None = None
     with cache_.locked():
-        entries: list[CacheEntry | None] = cache_.lookup([g.key_bytes for g in games])
-        todo = [i for i, entry in enumerate(entries) if entry is None]
-        cached = len(games) - len(todo)
-        for i, entry in enumerate(entries):
-            if entry is not None and entry.count < 0:
-                rejected.append((i, "rejected by the encoder when first seen (see that job's log)"))
-        if todo:
+        found = cache_.index().find(spans.keys)
+        have, shard = found.found.copy(), found.shard.copy()
+        start, count = found.start.copy(), found.count.copy()
+        todo = np.flatnonzero(~have)
+        cached = len(spans) - len(todo)
+        for i in np.flatnonzero(have & (count < 0)).tolist():
+            rejected.append((i, "rejected by the encoder when first seen (see that job's log)"))
+        if len(todo):
             log.info("encoding %d new games (%d already cached)", len(todo), cached)
             n_workers = workers if workers is not None else worker_count()
             use_pool = n_workers > 1 and len(todo) >= POOL_MIN_GAMES
@@ -113,15 +182,27 @@ def prepare_window(
             )
             try:
                 results = _encode(
-                    executor, encoder, geometry, games, todo, missing, stop, 2 * n_workers
+                    executor,
+                    encoder,
+                    geometry,
+                    spans,
+                    todo.tolist(),
+                    rules,
+                    missing,
+                    stop,
+                    2 * n_workers,
                 )
                 for i, result in results:
+                    entry = None
                     if isinstance(result, Failure):
                         rejected.append((i, result.reason))
                         if result.permanent:
-                            entries[i] = writer.add(games[i].key_bytes, None)
+                            entry = writer.add(spans.key(i), None)
                     else:
-                        entries[i] = writer.add(games[i].key_bytes, result)
+                        entry = writer.add(spans.key(i), result)
+                    if entry is not None:
+                        have[i] = True
+                        shard[i], start[i], count[i] = entry.shard, entry.start, entry.count
                     encoded += 1
             finally:
                 # Whatever was encoded is kept, interrupted or not: never encoded twice.
@@ -134,43 +215,49 @@ def prepare_window(
                     f"interrupted while encoding games: {encoded} of {len(todo)} encoded, "
                     "kept in the sample cache",
                 )
-    rejected = _located(games, sorted(rejected))
+        # Usable: in the cache with samples (a missing game was never encoded, so has no entry).
+        usable = have & (count >= 0)
+        used = sorted(set(np.unique(shard[usable]).tolist()))
+        if pin:
+            held = cache_.pin(spec.job_id, used)
+        shards = {s: cache_.open_shard(s) for s in used}
+    rejected = _located(spans, sorted(rejected))
     for _, why in rejected[:LOGGED_REJECTS]:
         log.warning("%s", why)
     if len(rejected) > LOGGED_REJECTS:
         log.warning("... and %d more games rejected by the encoder", len(rejected) - LOGGED_REJECTS)
-    # Usable: in the cache with samples (a missing game was never encoded, so has no entry).
-    usable = [(i, e) for i, e in enumerate(entries) if e is not None and e.count >= 0]
-    shards = {s: cache_.open_shard(s) for s in sorted({e.shard for _, e in usable})}
-    window = Window.from_entries(geometry, [e for _, e in usable], shards)
-    new = [e for i, e in usable if games[i].seq >= spec.new_from_seq]
+    window = Window.from_arrays(geometry, shard[usable], start[usable], count[usable], shards)
+    new = usable & (spans.seq >= spec.new_from_seq)
+    positions = np.flatnonzero(usable)
     return Prepared(
         window=window,
         missing=missing,
         rejected=rejected,
         encoded=encoded,
         cached=cached,
-        new_games=len(new),
-        new_samples=sum(e.count for e in new),
-        seq_first=games[usable[0][0]].seq if usable else None,
-        seq_last=games[usable[-1][0]].seq if usable else None,
+        new_games=int(new.sum()),
+        new_samples=int(count[new].sum()),
+        seq_first=int(spans.seq[positions[0]]) if len(positions) else None,
+        seq_last=int(spans.seq[positions[-1]]) if len(positions) else None,
+        spans=spans,
+        pin=held,
     )
 
 
-def _located(games: Sequence[GameSpan], rejected: list[tuple[int, str]]) -> list[tuple[int, str]]:
+def _located(spans: WindowSpans, rejected: list[tuple[int, str]]) -> list[tuple[int, str]]:
     """Each reason prefixed ``encode_error: FILE:LINE:``, the game's file and line number.
 
     The line numbers take one read of each such file up to its last rejected game.
     """
     by_path: dict[str, list[int]] = defaultdict(list)
     for i, _ in rejected:
-        by_path[games[i].path].append(games[i].offset)
+        by_path[spans.path(i)].append(spans.offset(i))
     lines = {path: _line_numbers(path, offsets) for path, offsets in by_path.items()}
     out: list[tuple[int, str]] = []
     for i, why in rejected:
-        span = games[i]
-        line = lines[span.path].get(span.offset)
-        where = f"{span.path}:{line}" if line is not None else f"{span.path}:? (byte {span.offset})"
+        path, offset = spans.path(i), spans.offset(i)
+        line = lines[path].get(offset)
+        where = f"{path}:{line}" if line is not None else f"{path}:? (byte {offset})"
         out.append((i, f"encode_error: {where}: {why}"))
     return out
 
@@ -202,8 +289,9 @@ def _encode(
     executor: Executor | None,
     encoder: Encoder,
     geometry: Geometry,
-    games: Sequence[GameSpan],
+    spans: WindowSpans,
     todo: list[int],
+    rules: Rules,
     missing: list[Missing],
     stop: Callable[[], bool],
     in_flight: int,
@@ -217,7 +305,7 @@ def _encode(
     for start in range(0, len(todo), READ_BATCH):
         if stop():
             break
-        read = read_games(games, todo[start : start + READ_BATCH])
+        read = read_games(spans, todo[start : start + READ_BATCH], rules)
         missing.extend(read.missing)
         for chunk in _chunks(sorted(read.lines), read.lines):
             if stop():
@@ -330,11 +418,22 @@ def prepare_holdout(
     if not games:
         return HeldOutSamples(0, HostBatch.empty(0, geometry))
     log.info("held-out games to evaluate on: %d", len(games))
-    holdout = spec.model_copy(update={"games": games, "new_from_seq": 0})
-    prepared = prepare_window(holdout, encoder, geometry, stop=stop, workers=workers)
-    window = prepared.window
-    n = min(window.size, MAX_HELD_OUT_SAMPLES)
-    samples = HostBatch.empty(n, geometry)
-    window.materialize(samples, window.size - n)
+    holdout = spec.model_copy(update={"new_from_seq": 0})
+    prepared = prepare_window(
+        holdout,
+        encoder,
+        geometry,
+        stop=stop,
+        workers=workers,
+        spans=WindowSpans.from_games(games),
+    )
+    try:
+        window = prepared.window
+        n = min(window.size, MAX_HELD_OUT_SAMPLES)
+        samples = HostBatch.empty(n, geometry)
+        window.materialize(samples, window.size - n)
+    finally:
+        if prepared.pin is not None:
+            prepared.pin.release()  # copied: the shards may go
     usable = len(games) - len(prepared.missing) - len(prepared.rejected)
     return HeldOutSamples(usable, samples)

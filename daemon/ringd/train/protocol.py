@@ -178,6 +178,8 @@ class StartEvent(_Event):
     rejected_games: int | None = None
     rejected: list[SkippedGame] | None = None  # the first few
     new_games: int | None = None
+    # New games of the job older than its window (a backlog over max_games): not trained on.
+    skipped_games: int | None = None
     encoded_games: int | None = None
     cached_games: int | None = None
     samples: int | None = None

@@ -60,6 +60,14 @@ class GameSpan(_Model):
         return bytes.fromhex(self.key)
 
 
+class SpansFile(_Model):
+    """The window as a spans file (:mod:`ringd.train.spans`), instead of inline ``games``."""
+
+    path: AbsPath
+    count: int = Field(ge=0, description="records in the file: games in the window")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the file's bytes")
+
+
 class Hyper(_Model):
     """Hyperparameters and knobs; every one has a default (the daemon's YAML may override)."""
 
@@ -119,8 +127,17 @@ class JobSpec(_Model):
     board: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     players: int = Field(ge=1, le=8)
     encoder: str = Field(default="grid", min_length=1)
-    games: list[GameSpan] = Field(description="the window, oldest first")
+    # The window, oldest first: inline (hand-written specs, small windows) or, as the
+    # daemon writes it, a spans file; never both.
+    games: list[GameSpan] = Field(default_factory=list, description="the window, oldest first")
+    spans: SpansFile | None = None
     new_from_seq: int = Field(ge=0, description="games with seq >= this are new")
+    # New games of this job older than its window (a backlog over training.window.max_games):
+    # not trained on; reported in the start event.
+    skipped_games: int = Field(default=0, ge=0)
+    # records.board_aliases of the daemon that counted the games: the trainer keys the
+    # lines it reads back with them (None: RingRift's default aliases).
+    board_aliases: dict[str, str] | None = None
     output_dir: AbsPath
     samples_dir: AbsPath
     init_checkpoint: AbsPath | None = None
@@ -139,6 +156,8 @@ class JobSpec(_Model):
             )
         if not _DEVICE.match(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.spans is not None and self.games:
+            raise ValueError("the window is either games or spans, not both")
         for before, after in zip(self.games, self.games[1:], strict=False):
             if after.seq <= before.seq:
                 raise ValueError(
@@ -174,6 +193,8 @@ class JobSpec(_Model):
             "seed": self.seed,
             "hyper": {k: hyper[k] for k in _TRAINING_HYPER},
         }
+        if self.spans is not None:
+            payload["spans"] = self.spans.sha256  # the window's seqs and keys (and spans)
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
