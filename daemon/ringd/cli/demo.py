@@ -37,6 +37,7 @@ def run_demo(
     folder: Path, *, duration: float | None, writers: int, rate: float, console: Console
 ) -> int:
     """Run the daemon and selfplay writers until Ctrl-C or `duration`; show the live table."""
+    # One script of what a person sees, start to end: it reads best as one function.
     config = prepare(folder)
     settings = load_settings(config)
     log = open(folder / "ringd.log", "ab")  # noqa: SIM115 - lives as long as the daemon

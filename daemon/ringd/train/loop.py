@@ -205,6 +205,8 @@ class Trainer:
         holdout: HeldOutSamples | None = None,
         ranks: Dist | None = None,
     ) -> None:
+        # Long on purpose, as torchtitan's Trainer.__init__: the setup reads top to
+        # bottom in the order it happens, and each piece is built once, here.
         hyper = spec.hyper
         self.spec, self.encoder, self.geometry, self.prepared = spec, encoder, geometry, prepared
         self.events, self.stop, self.started = events, stop, started

@@ -147,6 +147,8 @@ def prepare_window(
     Everything but reading and encoding the new games is vectorised: a window of
     500,000 cached games costs a key lookup in numpy, not a Python loop.
     """
+    # One pass in the order a job needs it (read, check keys, encode the uncached, pin,
+    # assemble the window); its steps share the counts it reports, so it stays whole.
     if spans is None:
         spans = window_spans(spec)
     rules = spec_rules(spec)
