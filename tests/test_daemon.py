@@ -330,11 +330,13 @@ def test_a_full_disk_under_the_ledger_loses_nothing_and_the_daemon_keeps_running
     daemon = DaemonProcess(short_tmp)
     # A file size limit stands in for a full disk: SQLite's writes past it fail.
     daemon.prefix = ["prlimit", "--fsize=600000:unlimited"]
+    games = 15000
     try:
         daemon.start()
         append(
             short_tmp / "data" / "selfplay" / "a.jsonl",
-            b"".join(game_line("square8", 2, i, pad=50) for i in range(6000)),
+            # More games than the limit holds at the ledger's ~80 bytes a game.
+            b"".join(game_line("square8", 2, i, pad=50) for i in range(games)),
         )
         status = daemon.wait_until(lambda s: s["daemon"]["ingest_errors"] > 0, timeout=30)
         assert (
@@ -346,8 +348,8 @@ def test_a_full_disk_under_the_ledger_loses_nothing_and_the_daemon_keeps_running
         resource.prlimit(
             daemon.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
         )
-        daemon.wait_until(lambda s: s["total_games"] == 6000, timeout=30)
+        daemon.wait_until(lambda s: s["total_games"] == games, timeout=30)
         time.sleep(1.5)
-        assert daemon.status()["total_games"] == 6000
+        assert daemon.status()["total_games"] == games
     finally:
         daemon.close()

@@ -1115,6 +1115,9 @@ class Ledger:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            # Inside the try: with a large page cache the pages reach the WAL only now,
+            # so a full disk fails the COMMIT, and the transaction must still be undone.
+            self._db.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (disk full): then there is none.
             if self._db.in_transaction:
@@ -1122,4 +1125,3 @@ class Ledger:
             # Config ids cached inside the rolled-back transaction are void.
             self._config_ids = dict(self._db.execute("SELECT name, id FROM configs").fetchall())
             raise
-        self._db.execute("COMMIT")
