@@ -1,6 +1,7 @@
 """Remote games: a newline written on a selfplay host -> the game counted on the training
 host, pulled with rsync every --interval s from --hosts remotes at --rate games/s in all,
-beside `cp -r` of the same trees every interval (the old way) in the same run; then the
+beside `cp -r` of the same trees every interval (the old way) in a phase of its own of the
+same run; then the
 cost of one pull of an unchanged tree of --files files.
 
     .venv/bin/python bench/remote.py [--hosts 4] [--rate 1000] [--duration 60] [--interval 5]
@@ -35,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -179,7 +181,50 @@ def commit_times(ledger: Path, marks: list[tuple[int, float]]) -> dict[str, floa
     return out
 
 
-def latency_phase(args: argparse.Namespace, folder: Path) -> None:
+def run_writers(args: argparse.Namespace, hosts_dir: Path, hosts: list[str]) -> dict[str, float]:
+    """The selfplay hosts: args.writers_per_host writers each, args.rate games/s in all for
+    args.duration s. Returns game id -> when it was written."""
+    ctx = multiprocessing.get_context("fork")
+    n = args.hosts * args.writers_per_host
+    procs = [
+        ctx.Process(
+            target=writer,
+            args=(
+                i,
+                str(hosts_dir / hosts[i % args.hosts]),
+                args.rate / n,
+                args.duration,
+                args.small,
+                str(hosts_dir / f"w{i}.json"),
+            ),
+        )
+        for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return {
+        gid: t for i in range(n) for gid, t in json.loads((hosts_dir / f"w{i}.json").read_text())
+    }
+
+
+@dataclass
+class Measured:
+    name: str
+    written: dict[str, float]
+    committed: dict[str, float]
+    note: str = ""
+
+    def row(self) -> list[str]:
+        lat = [self.committed[g] - t for g, t in self.written.items() if g in self.committed]
+        p50, p99, worst = percentiles(lat)
+        missed = len(self.written) - len(lat)
+        return [self.name, f"{len(lat):,}", str(missed), f"{p50:.2f}", f"{p99:.2f}", f"{worst:.2f}"]
+
+
+def ringd_latency(args: argparse.Namespace, folder: Path) -> Measured:
+    """The writers on rsync-daemon hosts, ringd pulling every args.interval s."""
     hosts = [f"h{i}" for i in range(args.hosts)]
     for host in hosts:
         (folder / "hosts" / host).mkdir(parents=True)
@@ -195,9 +240,33 @@ def latency_phase(args: argparse.Namespace, folder: Path) -> None:
     marks: list[tuple[int, float]] = []
     follower = threading.Thread(target=follow_games, args=(daemon.socket, marks), daemon=True)
     follower.start()
+    try:
+        written = run_writers(args, folder / "hosts", hosts)
+        deadline = time.monotonic() + args.interval * 4 + 30
+        while daemon.status()["total_games"] < len(written) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = daemon.status()
+    finally:
+        daemon.stop()
+        follower.join(10)
+        rsyncd.stop()
+    pulls = [r["last_pull_s"] or 0.0 for r in status["remotes"]]
+    size = sum(p.stat().st_size for p in (folder / "hosts").rglob("*.jsonl")) / len(written)
+    note = (
+        f"{len(written):,} games of {size / 1000:.1f} kB, {status['total_games']:,} counted; "
+        f"last pull {statistics.median(pulls):.2f} s (median over remotes)"
+    )
+    committed = commit_times(folder / "ringd" / "var" / "ledger.sqlite", marks)
+    return Measured(f"ringd rsync pull, interval_s {args.interval:g}", written, committed, note)
+
+
+def cp_latency(args: argparse.Namespace, folder: Path) -> Measured:
+    """The same writers, with `cp -r` of every host's tree every args.interval s + a scan."""
+    hosts = [f"h{i}" for i in range(args.hosts)]
+    for host in hosts:
+        (folder / "hosts" / host).mkdir(parents=True)
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
-    baselines = [(f"`cp -r` every {args.interval:g} s + scan", folder / "cp-marks.json")] * args.cp
     copy = ctx.Process(
         target=copier,
         args=(
@@ -209,78 +278,31 @@ def latency_phase(args: argparse.Namespace, folder: Path) -> None:
             str(folder / "cp-marks.json"),
         ),
     )
-    if args.cp:
-        copy.start()
-    n = args.hosts * args.writers_per_host
-    procs = [
-        ctx.Process(
-            target=writer,
-            args=(
-                i,
-                str(folder / "hosts" / hosts[i % args.hosts]),
-                args.rate / n,
-                args.duration,
-                args.small,
-                str(folder / f"w{i}.json"),
-            ),
-        )
-        for i in range(n)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    written = {
-        gid: t for i in range(n) for gid, t in json.loads((folder / f"w{i}.json").read_text())
-    }
-    deadline = time.monotonic() + args.interval * 4 + 30
-    while daemon.status()["total_games"] < len(written) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    status = daemon.status()
-    daemon.stop()
-    follower.join(10)
-    if args.cp:
+    copy.start()
+    try:
+        written = run_writers(args, folder / "hosts", hosts)
         # The copier's round in progress (or its next) is the one that brings the last games.
         time.sleep(args.interval)
+    finally:
         stop.set()
         copy.join()
-    rsyncd.stop()
+    marks = [(s, t) for s, t in json.loads((folder / "cp-marks.json").read_text())]
+    committed = commit_times(folder / "cp.sqlite", marks)
+    return Measured(f"`cp -r` every {args.interval:g} s + scan", written, committed)
 
-    rows = []
-    for name, ledger, found in [
-        (
-            f"ringd rsync pull, interval_s {args.interval:g}",
-            folder / "ringd" / "var" / "ledger.sqlite",
-            marks,
-        ),
-        *[
-            (name, folder / "cp.sqlite", [(s, t) for s, t in json.loads(path.read_text())])
-            for name, path in baselines
-        ],
-    ]:
-        committed = commit_times(ledger, found)
-        lat = [committed[g] - t for g, t in written.items() if g in committed]
-        p50, p99, worst = percentiles(lat)
-        rows.append(
-            [
-                name,
-                f"{len(lat):,}",
-                str(len(written) - len(lat)),
-                f"{p50:.2f}",
-                f"{p99:.2f}",
-                f"{worst:.2f}",
-            ]
-        )
-    pulls = {r["name"]: r for r in status["remotes"]}
-    size = sum(p.stat().st_size for p in (folder / "hosts").rglob("*.jsonl")) / len(written)
+
+def latency_phase(args: argparse.Namespace, folder: Path) -> None:
+    # One after the other, not at once: each on a machine that the other's copying does
+    # not load (cp -r of 40 kB games re-copies gigabytes a round on the same two cores).
+    runs = [ringd_latency(args, folder / "ringd-run")]
+    if args.cp:
+        runs.append(cp_latency(args, folder / "cp-run"))
     print(
         f"remote latency: {args.hosts} remotes x {args.writers_per_host} writers, "
-        f"{args.rate:g} games/s for {args.duration:g} s ({len(written):,} games of "
-        f"{size / 1000:.1f} kB, "
-        f"{status['total_games']:,} counted), interval_s {args.interval:g}; "
-        f"last pull {statistics.median(r['last_pull_s'] or 0 for r in pulls.values()):.2f} s "
-        f"(median over remotes); {machine()}"
+        f"{args.rate:g} games/s for {args.duration:g} s, interval_s {args.interval:g}, "
+        f"each way in its own phase of this run; ringd: {runs[0].note}; {machine()}"
     )
+    rows = [run.row() for run in runs]
     print(table(["newline written -> counted", "games", "missed", "p50 s", "p99 s", "max s"], rows))
     ringd_p99 = float(rows[0][4])
     target = args.interval + 1
@@ -369,7 +391,7 @@ def main() -> None:
         "--cp",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run the `cp -r` baseline in the same run (default: yes)",
+        help="run the `cp -r` baseline after ringd in the same run (default: yes)",
     )
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
