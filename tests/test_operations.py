@@ -166,3 +166,29 @@ async def test_pause_survives_a_restart_and_trigger_trains_below_the_threshold(
             await daemon.trigger("hexagonal_2p")
         with pytest.raises(OperatorError, match="not a configured"):
             await daemon.trigger("square19_4p")
+
+
+async def scrape(daemon: Any) -> str:
+    from ringd.cli.client import get
+
+    return (await asyncio.to_thread(get, daemon.settings.socket_path, "/metrics")).decode()
+
+
+async def test_the_rejects_counter_never_goes_down_when_a_rewrite_drops_the_bad_lines(
+    project: Path,
+) -> None:
+    async with running_daemon(project / "ringd.yaml") as daemon:
+        path = project / "data" / "selfplay" / "r.jsonl"
+        append(path, game_line("square8", 2, 1) + b"junk\njunk 2\n")
+        await until(daemon, lambda s: s["rejected_total"] == 2)
+        assert 'ringd_rejects_total{reason="not_json"} 2.0' in await scrape(daemon)
+        # A cleanup script writes the file again without its bad lines (a new inode).
+        fresh = path.with_suffix(".tmp")
+        fresh.write_bytes(game_line("square8", 2, 1))
+        os.replace(fresh, path)
+        await until(daemon, lambda s: s["rejected_total"] == 0 and total(s) == 1)
+        # The ledger holds no reject now; the counter keeps what it counted.
+        assert 'ringd_rejects_total{reason="not_json"} 2.0' in await scrape(daemon)
+        append(path, b"junk 3\n")
+        await until(daemon, lambda s: s["rejected_total"] == 1)
+        assert 'ringd_rejects_total{reason="not_json"} 3.0' in await scrape(daemon)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -160,11 +160,34 @@ def _operations_metrics(status: Status) -> Iterator[GaugeMetricFamily | CounterM
     yield from (ingest_errors, oldest, pending, ramdisk_errors)
 
 
+class RejectCounter:
+    """`ringd_rejects_total`: never going down, as a Prometheus counter must.
+
+    The ledger holds the rejects of each file as it was last read, so its counts drop
+    when a file is rewritten without its bad lines (and rise again when a rewrite is
+    read from the start). Each scrape adds what a reason's count rose by since the
+    last one, and ignores falls, so `rate()` never sees a false counter reset.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+        self._total: dict[str, int] = {}
+
+    def observe(self, current: Mapping[str, int]) -> dict[str, int]:
+        """The counter per reason, given the ledger's current reject counts."""
+        for reason in self._last.keys() | current.keys():
+            now, before = current.get(reason, 0), self._last.get(reason, 0)
+            self._total[reason] = self._total.get(reason, 0) + max(0, now - before)
+        self._last = dict(current)
+        return dict(self._total)
+
+
 class _StatusCollector(Collector):
     """Per-config counts straight from the status document at scrape time."""
 
     def __init__(self, status: Callable[[], Status]) -> None:
         self._status = status
+        self._rejects = RejectCounter()
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         status = self._status()
@@ -183,7 +206,7 @@ class _StatusCollector(Collector):
         rejects = CounterMetricFamily(
             "ringd_rejects", "Rejected lines by reason", labels=["reason"]
         )
-        for reason, n in status.rejects.items():
+        for reason, n in self._rejects.observe(status.rejects).items():
             rejects.add_metric([reason], n)
         config_error = GaugeMetricFamily(
             "ringd_config_error", "1 while an invalid config edit is refused"
