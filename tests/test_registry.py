@@ -122,7 +122,7 @@ def test_each_bad_checkpoint_gets_its_reason_and_is_quarantined(
             assert not zoo[name].exists(), f"{name} was not moved away"
             assert Path(row["quarantined_to"]).exists() and "/quarantine/" in row["quarantined_to"]
         latest = models_daemon.folder / "var" / "models" / "square8_2p" / "latest.pt"
-        assert latest.is_symlink() and os.readlink(latest) == str(zoo["valid"])
+        linked(latest, zoo["valid"])
         assert models["configs"]["square8_2p"]["ok"] == 1
         assert sum(c["bad"] for c in models["configs"].values()) == 6
         assert models["stats"]["validated"] == 7 and models["stats"]["quarantined"] == 6
