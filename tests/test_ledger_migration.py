@@ -38,25 +38,38 @@ def record(i: int, *, board: str = "square8", gid: str | None = None, reason: st
     return json.dumps(rec).encode() + b"\n"
 
 
+def schema_at(db: Path, version: int) -> sqlite3.Connection:
+    """A new ledger at an old schema `version` (its migrations applied, none after)."""
+    con = sqlite3.connect(db, isolation_level=None)
+    for i, script in enumerate(MIGRATIONS[:version], start=1):
+        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {i}; COMMIT;")
+    return con
+
+
+def old_file_row(con: sqlite3.Connection, path: Path, data: bytes, now: float) -> int:
+    """Write `data` to `path` and record it as read to its end; its file id."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    st = os.stat(path)
+    fd = os.open(path, os.O_RDONLY)
+    fp = fingerprint(fd, len(data))
+    os.close(fd)
+    file_id = con.execute(
+        "INSERT INTO files (path, dev, ino, offset, fingerprint, size, mtime_ns, first_seen, "
+        "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (str(path), st.st_dev, st.st_ino, len(data), fp, st.st_size, st.st_mtime_ns, now, now),
+    ).lastrowid
+    assert file_id is not None
+    return file_id
+
+
 def old_ledger(db: Path, files: dict[Path, bytes]) -> dict[str, int]:
     """A schema 3 ledger as ringd before schema 4 left it after indexing `files`."""
-    con = sqlite3.connect(db, isolation_level=None)
-    for i, script in enumerate(MIGRATIONS[:3], start=1):
-        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {i}; COMMIT;")
+    con = schema_at(db, 3)
     now = time.time()
     totals: dict[str, int] = {}
     for path, data in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        st = os.stat(path)
-        fd = os.open(path, os.O_RDONLY)
-        fp = fingerprint(fd, len(data))
-        os.close(fd)
-        file_id = con.execute(
-            "INSERT INTO files (path, dev, ino, offset, fingerprint, size, mtime_ns, first_seen, "
-            "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (str(path), st.st_dev, st.st_ino, len(data), fp, st.st_size, st.st_mtime_ns, now, now),
-        ).lastrowid
+        file_id = old_file_row(con, path, data, now)
         offset = 0
         for line in data.split(b"\n")[:-1]:
             rec = json.loads(line)
@@ -266,24 +279,12 @@ def test_a_reload_that_adds_an_alias_folds_the_counted_games(daemon: DaemonProce
 def ledger_at_5(db: Path, files: dict[Path, bytes]) -> int:
     """A schema 5 ledger as ringd 5 left it after indexing `files` (content keys, game
     ids, `added`); the number of games."""
-    con = sqlite3.connect(db, isolation_level=None)
-    for i, script in enumerate(MIGRATIONS[:5], start=1):
-        con.executescript(f"BEGIN; {script}; PRAGMA user_version = {i}; COMMIT;")
+    con = schema_at(db, 5)
     con.execute("INSERT INTO configs (name) VALUES ('square8_2p')")
     now = time.time()
     n = 0
     for path, data in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        st = os.stat(path)
-        fd = os.open(path, os.O_RDONLY)
-        fp = fingerprint(fd, len(data))
-        os.close(fd)
-        file_id = con.execute(
-            "INSERT INTO files (path, dev, ino, offset, fingerprint, size, mtime_ns, first_seen, "
-            "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (str(path), st.st_dev, st.st_ino, len(data), fp, st.st_size, st.st_mtime_ns, now, now),
-        ).lastrowid
+        file_id = old_file_row(con, path, data, now)
         offset = 0
         for line in data.split(b"\n")[:-1]:
             game = parse_line(line)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ringd.boards import config_name, split_config_name
 from ringd.train.holdout import bucket_of, held_out_buckets
+from ringd.train.spans import Span
 
 # Each entry migrates the schema from version i to i + 1; append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -274,17 +275,6 @@ class ConfigCount:
     new: int
     trained_through: int
     last_game_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """Where a game was read: check its key before trusting the bytes there."""
-
-    seq: int
-    key: bytes
-    path: str
-    offset: int
-    length: int
 
 
 JobState = str  # queued | running | succeeded | failed | interrupted

@@ -22,7 +22,7 @@ from ringd.train.job import read_spec
 from ringd.train.prepare import window_spans
 from ringd.train.protocol import ExitCode, JobFailed
 from ringd.train.spans import SpansError, WindowSpans, iter_spans, read_header
-from ringd.train.spec import HoldOut, SpansFile
+from ringd.train.spec import HoldOut, JobSpec, SpansFile
 from ringd.windows import SPANS_FILE, build_window, window_size
 
 CONFIG = "square8_2p"
@@ -102,20 +102,25 @@ def test_a_spans_file_round_trips_and_is_extended_job_to_job(tmp_path: Path) -> 
         ]
 
 
-def test_the_daemon_writes_a_spans_file_the_trainer_trains_on(tmp_path: Path) -> None:
+def first_job(tmp_path: Path, *, files: int, per_file: int, seed: int) -> JobSpec:
+    """The spec the daemon writes for the first job of a fresh corpus under tmp_path."""
     root = tmp_path / "data"
-    corpus(root, 2, 30, seed=3)
+    corpus(root, files, per_file, seed=seed)
     state = tmp_path / "var"
     with Ledger(state / "ledger.sqlite") as db:
         scan(db, [root], Rules())
         plan = _plan(db, CONFIG, training(), False, None, state, "cpu")
-        assert plan is not None
-        spec = plan[1]
-        assert spec.spans is not None and spec.spans.count == 60 and not spec.games
-        on_disk = read_spec(Path(spec.output_dir) / "spec.json")
-        assert on_disk == spec and (Path(spec.output_dir) / SPANS_FILE).is_file()
-        # the spec's size does not grow with the window
-        assert len((Path(spec.output_dir) / "spec.json").read_bytes()) < 3000
+    assert plan is not None
+    return plan[1]
+
+
+def test_the_daemon_writes_a_spans_file_the_trainer_trains_on(tmp_path: Path) -> None:
+    spec = first_job(tmp_path, files=2, per_file=30, seed=3)
+    assert spec.spans is not None and spec.spans.count == 60 and not spec.games
+    on_disk = read_spec(Path(spec.output_dir) / "spec.json")
+    assert on_disk == spec and (Path(spec.output_dir) / SPANS_FILE).is_file()
+    # the spec's size does not grow with the window
+    assert len((Path(spec.output_dir) / "spec.json").read_bytes()) < 3000
     code, captured = run_in_process(Path(spec.output_dir) / "spec.json")
     assert code == ExitCode.OK, captured.all()
     start = captured.one("start")
@@ -124,14 +129,7 @@ def test_the_daemon_writes_a_spans_file_the_trainer_trains_on(tmp_path: Path) ->
 
 
 def test_a_spans_file_listing_a_held_out_game_or_missing_is_refused(tmp_path: Path) -> None:
-    root = tmp_path / "data"
-    corpus(root, 1, 40, seed=4)
-    state = tmp_path / "var"
-    with Ledger(state / "ledger.sqlite") as db:
-        scan(db, [root], Rules())
-        plan = _plan(db, CONFIG, training(), False, None, state, "cpu")
-    assert plan is not None
-    spec = plan[1]
+    spec = first_job(tmp_path, files=1, per_file=40, seed=4)
     with pytest.raises(JobFailed) as refused:
         window_spans(spec.model_copy(update={"holdout": HoldOut(fraction=0.5)}))
     assert refused.value.code == ExitCode.BAD_SPEC and "held-out" in refused.value.message

@@ -33,7 +33,7 @@ import structlog
 from ringd import childsetup
 from ringd.boards import split_config_name
 from ringd.fsutil import tree_bytes, write_bytes_atomically
-from ringd.ledger import JobRow, Ledger, Span
+from ringd.ledger import JobRow, Ledger
 from ringd.service.errors import OperatorError
 from ringd.service.events import EventBus, JobFinished, JobProgressed, JobStarted
 from ringd.service.metrics import Metrics
@@ -48,6 +48,7 @@ from ringd.train.protocol import (
     TrainerEvent,
     parse_event,
 )
+from ringd.train.spans import Span
 from ringd.train.spec import GameSpan, HoldOut, JobSpec, SpecError, load_spec
 from ringd.windows import SPANS_FILE, build_window, window_size
 

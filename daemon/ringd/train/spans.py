@@ -39,9 +39,9 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ringd.fsutil import fsync_dir
+from ringd.fsutil import write_atomically
 
 if TYPE_CHECKING:
     import numpy as np
@@ -95,19 +95,13 @@ def write_spans(
     trailer_at = HEADER_BYTES + count * RECORD.size
     header = HEADER.pack(MAGIC, FORMAT, RECORD.size, count, HEADER_BYTES, trailer_at, len(trailer))
     digest = hashlib.sha256()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            for part in (header, *chunks, trailer):
-                digest.update(part)
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+
+    def write(f: BinaryIO) -> None:
+        for part in (header, *chunks, trailer):
+            digest.update(part)
+            f.write(part)
+
+    write_atomically(path, write)
     return count, digest.hexdigest()
 
 
@@ -184,7 +178,8 @@ def first_at_or_after(path: Path, count: int, seq: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """One game of a spans file (pure Python, for small tools and custom trainers)."""
+    """Where a game was read (a ledger row, or a record of a spans file read in pure
+    Python by small tools and custom trainers): check its key before trusting the bytes."""
 
     seq: int
     key: bytes
