@@ -279,14 +279,14 @@ def rekey_file(ledger: Ledger, row: FileRow, rules: Rules) -> int:
     """
     fd = os.open(row.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        keys: list[tuple[int, bytes]] = []
-        for seq, key, offset, length in ledger.spans_in(row.id):
+        keys: list[tuple[int, int, bytes]] = []
+        for config_id, seq, key, offset, length in ledger.spans_in(row.id):
             line = os.pread(fd, length, offset)
             if len(line) != length:
                 continue
             new = rekeyed(line, key, rules)
             if new is not None and new != key:
-                keys.append((seq, new))
+                keys.append((config_id, seq, new))
     finally:
         os.close(fd)
     return ledger.rekey(row.id, keys)

@@ -14,11 +14,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringd.boards import config_name, split_config_name
 from ringd.train.holdout import bucket_of, held_out_buckets
 from ringd.train.spans import Span
+
+if TYPE_CHECKING:
+    from ringd.keyfilter import EpochFilters
 
 # Each entry migrates the schema from version i to i + 1; append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -185,9 +188,47 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE configs ADD COLUMN spans_version INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: ingest that stays flat as the ledger grows (issue 15). One index ordered by the
+    # random keys had every new game dirty a page of its own once it outgrew a commit;
+    # the key index is now ordered by epoch first (seq >> 20: ringd.keyfilter), so new
+    # keys land in the current epoch's few thousand pages, and a Bloom filter per epoch
+    # (`key_filters`, stored once an epoch is full; the ledger rebuilds missing ones from
+    # the index) says where a key may be. Uniqueness across epochs is the ledger's own
+    # check (Ledger.commit), within an epoch the index's too. The games are stored in
+    # (config, seq) order: a config's window is one range of the table, read without a
+    # lookup per game, and the (config_id, seq) index is gone. With no rowid the next
+    # sequence number is kept in `meta.games_seq`; `meta.key_rewrites` counts keys
+    # changed in place (re-keying), so that other connections reload their filters.
+    """
+    INSERT OR REPLACE INTO meta (name, value) SELECT 'games_seq',
+        MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'games'), 0),
+            COALESCE((SELECT MAX(seq) FROM games), 0));
+    INSERT OR REPLACE INTO meta (name, value) VALUES ('key_rewrites', 0);
+    CREATE TABLE games_v7 (
+        config_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        file_id INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (config_id, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO games_v7 (config_id, seq, key, file_id, offset, length)
+        SELECT config_id, seq, key, file_id, offset, length FROM games ORDER BY config_id, seq;
+    DROP TABLE games;
+    ALTER TABLE games_v7 RENAME TO games;
+    CREATE UNIQUE INDEX games_by_epoch_key ON games(seq >> 20, key);
+    DELETE FROM sqlite_sequence WHERE name = 'games';
+    CREATE TABLE key_filters (epoch INTEGER PRIMARY KEY, bits BLOB NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-VACUUM_AFTER = 6  # a migration to this version rewrites most of the file
+# The key index's order: epoch (a range of 2**EPOCH_BITS sequence numbers), then key.
+# The same expression as in migration 7's index, so that queries of an epoch use it.
+EPOCH_BITS = 20
+_EPOCH = f"(seq >> {EPOCH_BITS})"
+# Migrations to these versions rewrite most of the file: VACUUM gives back the old pages.
+REBUILDS = (6, 7)
 
 
 # The ingest writer of a large ledger (measured in bench/README.md, "Ledger at scale").
@@ -388,6 +429,9 @@ class Ledger:
             if writer:
                 self._db.execute(f"PRAGMA cache_size = {-1024 * WRITER_CACHE_MB}")
                 self._db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
+                # It will count games: numpy (the key filters) is imported now rather
+                # than inside its first write transaction, which it would hold longer.
+                import ringd.keyfilter  # noqa: F401
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{path}: {e}") from e
@@ -398,6 +442,11 @@ class Ledger:
         self._line_keys = bool(
             self._db.execute("SELECT 1 FROM meta WHERE name = 'line_keys'").fetchone()
         )
+        # Where each counted key may be (made on the first write: Ledger._filters), and
+        # the ledger's state they reflect: games up to this seq, this many key rewrites.
+        self._keys: EpochFilters | None = None
+        self._keys_seq = 0
+        self._keys_rewrites = 0
 
     def close(self) -> None:
         self._db.close()
@@ -429,9 +478,9 @@ class Ledger:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-        if version and version < VACUUM_AFTER <= SCHEMA_VERSION:
+        if version and any(version < v <= SCHEMA_VERSION for v in REBUILDS):
             # The rebuilt games table left the old one's pages free: give them back
-            # (a ledger of 5.5 M games: 911 MB -> 422 MB, 12 s).
+            # (schema 6, a ledger of 5.5 M games: 911 MB -> 422 MB, 12 s).
             self._db.execute("VACUUM")
 
     @property
@@ -515,50 +564,70 @@ class Ledger:
         now = time.time()
         added: dict[str, Added] = {}
         with self._transaction():
-            row = self._db.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'games'"
-            ).fetchone()
-            seq_before: int = row[0] if row else 0
+            filters = self._filters()
+            seq = seq_before = self._keys_seq
             if restart:
                 self._db.execute("DELETE FROM rejects WHERE file_id = ?", (file_id,))
-            by_config: dict[str, list[tuple[object, ...]]] = {}
+            # A game twice in one batch is one game, standing at its last place.
+            latest: dict[bytes, GameRow] = {}
             for g in games:
-                by_config.setdefault(g.config, []).append(
-                    (g.key, self._config_id(g.config), file_id, g.offset, g.length)
-                )
-            changed: dict[str, int] = {}  # rows inserted or moved, per config
-            for config, rows in by_config.items():
-                cur = self._db.executemany(
-                    "INSERT INTO games (key, config_id, file_id, offset, length) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-                    "file_id = excluded.file_id, offset = excluded.offset, length = excluded.length "
-                    "WHERE file_id != excluded.file_id OR offset != excluded.offset "
-                    "OR length != excluded.length",
-                    rows,
-                )
-                changed[config] = cur.rowcount
-            adopted: set[int] = set()
+                latest[g.key] = g
+            found = self._find(filters, list(latest))
+            adopted: dict[bytes, tuple[int, int, int, int, int]] = {}
             if self._line_keys:
-                adopted = self._adopt_line_keys(
-                    file_id, [g for g in games if g.line_key is not None], seq_before
-                )
-            for config in by_config:
-                # Sequence numbers only grow: the rows above seq_before are the new games.
-                config_id = self._config_ids[config]
-                count, first, last = self._db.execute(
-                    "SELECT COUNT(*), MIN(seq), MAX(seq) FROM games WHERE config_id = ? AND seq > ?",
-                    (config_id, seq_before),
-                ).fetchone()
-                if count:
-                    self._db.execute(
-                        "UPDATE configs SET total = total + ?, last_game_at = ? WHERE id = ?",
-                        (count, now, config_id),
+                old = [g.line_key for k, g in latest.items() if k not in found and g.line_key]
+                adopted = self._find(filters, old)
+            inserts: list[tuple[int, int, bytes, int, int, int]] = []
+            moves: list[tuple[int, int, int, int, int]] = []
+            rekeyed: list[tuple[bytes, int, int]] = []  # (key, config id, seq)
+            moved: set[int] = set()  # configs whose counted games' spans changed
+            for key, g in latest.items():
+                hit = found.get(key)
+                if hit is None and self._line_keys and g.line_key is not None:
+                    # Counted before schema 4 under its line's hash: the old row keeps
+                    # its sequence number and count, and takes the new key and this span.
+                    hit = adopted.get(g.line_key)
+                    if hit is not None:
+                        rekeyed.append((key, hit[0], hit[1]))
+                        moves.append((file_id, g.offset, g.length, hit[0], hit[1]))
+                        moved.add(hit[0])
+                        continue
+                if hit is None:
+                    seq += 1
+                    config_id = self._config_id(g.config)
+                    inserts.append((config_id, seq, key, file_id, g.offset, g.length))
+                    a = added.get(g.config)
+                    added[g.config] = (
+                        Added(1, seq, seq) if a is None else Added(a.count + 1, a.first, seq)
                     )
-                    added[config] = Added(count, first, last)
-                # Rows changed beyond the new ones are counted games whose span moved
-                # (a copy, a rewritten file): spans files made before are stale.
-                if changed[config] > count or config_id in adopted:
-                    self._bump_spans_version(config_id)
+                elif hit[2:] != (file_id, g.offset, g.length):
+                    moves.append((file_id, g.offset, g.length, hit[0], hit[1]))
+                    moved.add(hit[0])
+            self._db.executemany(
+                "INSERT INTO games (config_id, seq, key, file_id, offset, length) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                inserts,
+            )
+            self._db.executemany(
+                "UPDATE games SET file_id = ?, offset = ?, length = ? "
+                "WHERE config_id = ? AND seq = ?",
+                moves,
+            )
+            if rekeyed:
+                self._db.executemany(
+                    "UPDATE games SET key = ? WHERE config_id = ? AND seq = ?", rekeyed
+                )
+                self._keys_changed(filters, [(k, s) for k, _, s in rekeyed])
+            filters.add([r[2] for r in inserts], [r[1] >> EPOCH_BITS for r in inserts])
+            self._counted_through(filters, seq_before, seq)
+            for config, a in added.items():
+                self._db.execute(
+                    "UPDATE configs SET total = total + ?, last_game_at = ? WHERE id = ?",
+                    (a.count, now, self._config_ids[config]),
+                )
+            for config_id in moved:
+                # Spans files made before list counted games where they no longer are.
+                self._bump_spans_version(config_id)
             if rejects:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO rejects (file_id, offset, length, reason, detail, added)"
@@ -581,28 +650,104 @@ class Ledger:
             )
         return added
 
-    def _adopt_line_keys(self, file_id: int, games: Sequence[GameRow], seq_before: int) -> set[int]:
-        """New games that were counted before schema 4 under their line's hash: keep
-        the old row (its sequence number, its count), give it the new key and this
-        span, and drop the row just inserted. Returns the configs (ids) of the rows
-        re-keyed."""
-        configs: set[int] = set()
-        for g in games:
-            new = self._db.execute("SELECT seq FROM games WHERE key = ?", (g.key,)).fetchone()
-            if new is None or new[0] <= seq_before:
-                continue  # known already under the new key
-            old = self._db.execute(
-                "SELECT seq, config_id FROM games WHERE key = ?", (g.line_key,)
+    # -- game identity: the key index and its filters (migration 7, ringd.keyfilter) ------
+
+    def _find(
+        self, filters: EpochFilters, keys: Sequence[bytes]
+    ) -> dict[bytes, tuple[int, int, int, int, int]]:
+        """The counted games among `keys`: key -> (config id, seq, file id, offset, length).
+        Probes the key index only in the epochs whose filter may hold a key."""
+        found: dict[bytes, tuple[int, int, int, int, int]] = {}
+        probe = self._db.execute
+        for i, epoch in filters.candidates(keys):
+            key = keys[i]
+            if key in found:
+                continue  # a key is in one epoch; the newest are probed first
+            row = probe(
+                "SELECT config_id, seq, file_id, offset, length FROM games "
+                f"WHERE {_EPOCH} = ? AND key = ?",
+                (epoch, key),
             ).fetchone()
-            if old is None or old[0] == new[0]:
+            if row is not None:
+                found[key] = row
+        return found
+
+    def _filters(self) -> EpochFilters:
+        """This connection's key filters, brought up to date with the ledger: call inside
+        a write transaction (so that nobody else changes the games meanwhile)."""
+        seq = self._meta_int("games_seq")
+        rewrites = self._meta_int("key_rewrites")
+        filters = self._keys
+        if filters is None or rewrites != self._keys_rewrites or seq < self._keys_seq:
+            filters = self._load_filters(seq)
+        elif seq > self._keys_seq:
+            # Another connection (`ringd scan` beside the daemon) counted games since.
+            rows = self._db.execute(
+                f"SELECT seq, key FROM games WHERE {_EPOCH} >= ? AND seq > ?",
+                (self._keys_seq >> EPOCH_BITS, self._keys_seq),
+            ).fetchall()
+            filters.add([k for _, k in rows], [s >> EPOCH_BITS for s, _ in rows])
+        self._keys, self._keys_seq, self._keys_rewrites = filters, seq, rewrites
+        return filters
+
+    def _load_filters(self, seq: int) -> EpochFilters:
+        """Every epoch's filter: stored ones for full epochs, the others (the current
+        epoch, and full ones not stored yet) made from the index, and stored once full."""
+        # Imported here: only a connection that counts games needs numpy.
+        from ringd.keyfilter import EpochFilters
+
+        filters = EpochFilters(1 << EPOCH_BITS)
+        if self._meta("key_filter_format") != filters.format:
+            self._db.execute("DELETE FROM key_filters")
+            self._set_meta("key_filter_format", filters.format)
+        stored = dict(self._db.execute("SELECT epoch, bits FROM key_filters").fetchall())
+        current = (seq + 1) >> EPOCH_BITS  # where the next game goes
+        for epoch in range(current + 1):
+            bits = stored.get(epoch) if epoch < current else None
+            if bits is not None:
+                filters.load_epoch(epoch, bits)
                 continue
-            self._db.execute("DELETE FROM games WHERE seq = ?", (new[0],))
-            self._db.execute(
-                "UPDATE games SET key = ?, file_id = ?, offset = ?, length = ? WHERE seq = ?",
-                (g.key, file_id, g.offset, g.length, old[0]),
-            )
-            configs.add(old[1])
-        return configs
+            keys = self._db.execute(
+                f"SELECT key FROM games WHERE {_EPOCH} = ?", (epoch,)
+            ).fetchall()
+            filters.add([k for (k,) in keys], epoch)
+            if epoch < current:
+                self._store_filter(filters, epoch)
+        return filters
+
+    def _store_filter(self, filters: EpochFilters, epoch: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO key_filters (epoch, bits) VALUES (?, ?)",
+            (epoch, filters.epoch_bytes(epoch)),
+        )
+
+    def _counted_through(self, filters: EpochFilters, before: int, seq: int) -> None:
+        """The games up to `seq` are counted: store the filters of epochs that filled."""
+        if seq == before:
+            return
+        for epoch in range((before + 1) >> EPOCH_BITS, (seq + 1) >> EPOCH_BITS):
+            self._store_filter(filters, epoch)
+        self._set_meta("games_seq", seq)
+        self._keys_seq = seq
+
+    def _keys_changed(self, filters: EpochFilters, keys: Sequence[tuple[bytes, int]]) -> None:
+        """Counted games took new keys (key, seq): add them to the filters, drop the stored
+        filters of their epochs (rebuilt when next loaded), and tell other connections."""
+        filters.add([k for k, _ in keys], [s >> EPOCH_BITS for _, s in keys])
+        epochs = sorted({s >> EPOCH_BITS for _, s in keys})
+        self._db.executemany("DELETE FROM key_filters WHERE epoch = ?", [(e,) for e in epochs])
+        self._keys_rewrites += 1
+        self._set_meta("key_rewrites", self._keys_rewrites)
+
+    def _meta(self, name: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def _meta_int(self, name: str) -> int:
+        return int(self._meta(name) or 0)
+
+    def _set_meta(self, name: str, value: object) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
     def _bump_spans_version(self, config_id: int) -> None:
         self._db.execute(
@@ -627,37 +772,39 @@ class Ledger:
             for r in rows
         ]
 
-    def spans_in(self, file_id: int) -> list[tuple[int, bytes, int, int]]:
-        """(seq, key, offset, length) of the games whose span is in a file, by offset."""
-        return [
-            (r[0], r[1], r[2], r[3])
-            for r in self._db.execute(
-                "SELECT seq, key, offset, length FROM games WHERE file_id = ? ORDER BY offset",
-                (file_id,),
-            )
-        ]
+    def spans_in(self, file_id: int) -> list[tuple[int, int, bytes, int, int]]:
+        """(config id, seq, key, offset, length) of the games whose span is in a file,
+        by offset."""
+        return self._db.execute(
+            "SELECT config_id, seq, key, offset, length FROM games WHERE file_id = ? "
+            "ORDER BY offset",
+            (file_id,),
+        ).fetchall()
 
-    def rekey(self, file_id: int, keys: Sequence[tuple[int, bytes]]) -> int:
-        """Give games (seq, new key) their new keys and clear the file's mark, at once.
+    def rekey(self, file_id: int, keys: Sequence[tuple[int, int, bytes]]) -> int:
+        """Give games (config id, seq, new key) their new keys and clear the file's mark,
+        at once.
 
         A key already held by another game (a copy counted under the new key) is
         left alone: counts never change here. Returns the games re-keyed.
         """
-        done = 0
         with self._transaction():
-            for seq, key in keys:
-                cur = self._db.execute(
-                    "UPDATE OR IGNORE games SET key = ? WHERE seq = ?", (key, seq)
+            filters = self._filters()
+            held = self._find(filters, [k for _, _, k in keys])
+            changed: dict[bytes, tuple[int, int]] = {}
+            for config_id, seq, key in keys:
+                if key not in held and key not in changed:
+                    changed[key] = (config_id, seq)
+            if changed:
+                self._db.executemany(
+                    "UPDATE games SET key = ? WHERE config_id = ? AND seq = ?",
+                    [(k, c, s) for k, (c, s) in changed.items()],
                 )
-                done += cur.rowcount
-            if done:
-                self._db.execute(
-                    "UPDATE configs SET spans_version = spans_version + 1 WHERE id IN "
-                    "(SELECT DISTINCT config_id FROM games WHERE file_id = ?)",
-                    (file_id,),
-                )
+                self._keys_changed(filters, [(k, s) for k, (_, s) in changed.items()])
+                for config_id in {c for c, _ in changed.values()}:
+                    self._bump_spans_version(config_id)
             self._db.execute("UPDATE files SET rekey = 0 WHERE id = ?", (file_id,))
-        return done
+        return len(changed)
 
     def fold_aliases(self, aliases: Mapping[str, str]) -> dict[str, str]:
         """Move the games of configs named by a board alias (`hex_2p`) to the board's
@@ -1112,6 +1259,8 @@ class Ledger:
             # SQLite may have rolled back already (disk full): then there is none.
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
+            # The key filters may hold what was rolled back: made again when next needed.
+            self._keys = None
             # Config ids cached inside the rolled-back transaction are void.
             self._config_ids = dict(self._db.execute("SELECT name, id FROM configs").fetchall())
             raise
