@@ -1,7 +1,7 @@
 """Cost that stays flat as the history grows (issue 15): the ledger at 20 M games, a job
 start with a 500,000-game window, and the sample cache after 20 jobs.
 
-    .venv/bin/python bench/scale.py [--dir bench/out/scale] [--parts ledger,restart,jobstart,cache]
+    .venv/bin/python bench/scale.py [--dir bench/out/scale] [--parts ledger,restart,upgrade,jobstart,cache]
         [--fill 20000000] [--new-games 20000] [--old-tree PATH]
 
 Corpora are `ringd sim --small` corpora (about 290 bytes a game), generated once under
@@ -9,15 +9,20 @@ DIR/corpus and reused: the measured batch m0 (`--corpus 300:10000 --seed 1000`, 
 games) and the fill batches f1..f8 (`--corpus 250:10000 --seed N`, 2.5 M each).
 
 ledger    `ringd scan --json` (the whole command, as an operator runs it) indexing m0 into
-          an empty ledger, and into copies of a ledger filled to 10 M and to 20 M games
-          (the fill itself is timed too, batch by batch); games/s by wall time and by CPU
-          seconds of the command; bytes per game. Target: the 20 M rate >= 0.8x empty,
+          an empty ledger, and into copies of a ledger filled to 10 M and to 20 M games,
+          three rounds with the sizes alternating, medians (the fill itself is timed
+          too, batch by batch); games/s by wall time and by CPU seconds of the command;
+          bytes per game. Target: the 20 M rate >= 0.8x empty,
           <= 100 bytes a game.
 restart   the 20 M ledger: `ringd run` restart to READY, GET /v1/status, `ringd status
           --json` and `ringd scan --json` of the unchanged tree (targets: <= 2 s).
+upgrade   a copy of the 20 M ledger turned back into schema 6 (the version before):
+          opening it (the migration to schema 7 and VACUUM) and its first commit (every
+          epoch's key filter made from the index), as the first start of this version.
 jobstart  a copy of the 20 M ledger; the config with the most games; a 500,000-game
           window whose newest --new-games games are new (not yet in the sample cache,
-          which holds the rest). Daemon seconds to plan the job and write its spec:
+          which holds the rest). Daemon seconds to plan the job and write its spec
+          (all of `_plan`; first and next job alternating, medians of 3):
           today's JSON spec (the window inline, as ringd before issue 15 built it) and
           the spans file (first job: from the ledger; next job: the previous job's file
           extended); spec bytes; the trainer's seconds from its start to its first step
@@ -57,7 +62,7 @@ from _common import machine, table
 from _daemon import BenchDaemon
 from ringd.cli import client
 from ringd.fsutil import tree_bytes, write_bytes_atomically
-from ringd.ledger import Ledger
+from ringd.ledger import Cursor, GameRow, Ledger
 from ringd.records import Rules
 from ringd.scan import scan
 from ringd.service.jobs import _plan
@@ -149,24 +154,16 @@ def copy_ledger(src: Path, dst: Path) -> None:
             shutil.copyfile(src / "var" / name, dst / "var" / name)
 
 
-def part_ledger(dir_: Path, fill_to: int, results: dict[str, Any]) -> None:
+def part_ledger(dir_: Path, fill_to: int, results: dict[str, Any], rounds: int = 3) -> None:
     m0 = corpus(dir_, *MEASURED)
     runs = dir_ / "runs"
-    rows = []
-    res = results.setdefault("ledger", {})
-
-    empty = runs / "empty"
-    shutil.rmtree(empty, ignore_errors=True)
-    print("indexing m0 (3 M games) into an empty ledger ...", flush=True)
-    base = ringd_scan(empty, [m0])
-    res["empty"] = vars(base)
-    res["empty_bytes_per_game"] = (empty / "var" / "ledger.sqlite").stat().st_size / base.games
-    rows.append(("empty", base, res["empty_bytes_per_game"]))
-    shutil.rmtree(empty, ignore_errors=True)
-    out(results, dir_)
-
     fill = runs / "fill"
+    half = runs / "half"  # the fill ledger as it was at fill_to / 2 games
     done_marker = fill / "fill.json"
+    if not done_marker.exists():
+        results.pop("ledger", None)  # a new fill: measure everything again
+        shutil.rmtree(half, ignore_errors=True)
+    res = results.setdefault("ledger", {})
     fills_done: list[dict[str, Any]] = (
         json.loads(done_marker.read_text()) if done_marker.exists() else []
     )
@@ -181,22 +178,47 @@ def part_ledger(dir_: Path, fill_to: int, results: dict[str, Any]) -> None:
             continue
         print(f"filling: {name} into a ledger of {have:,} games ...", flush=True)
         ran = ringd_scan(fill, roots)
+        if ran.games >= fill_to // 2 and not half.exists():
+            copy_ledger(fill, half)
         fills_done.append({"batch": name, "before": have, **vars(ran)})
         done_marker.write_text(json.dumps(fills_done))
         out(results, dir_)
-        total = ran.games
-        if total >= fill_to // 2 and "at_half" not in res:
-            res["at_half"] = measure_at(fill, runs / "at10", m0, rows, f"{total:,}")
-            out(results, dir_)
     total = _games(fill)
     res["filled"] = total
-    size = (fill / "var" / "ledger.sqlite").stat().st_size
-    res["bytes_per_game"] = size / total
-    if "at_full" not in res or res["at_full"].get("base_games") != total:
-        res["at_full"] = measure_at(fill, runs / "atN", m0, rows, f"{total:,}")
+    res["bytes_per_game"] = (fill / "var" / "ledger.sqlite").stat().st_size / total
+    # The machine is shared and a run takes about a minute: each size is measured
+    # `rounds` times, the sizes alternating, and the medians compared.
+    bases = [("empty", None), (f"{_games(half):,}", half), (f"{total:,}", fill)]
+    ran_at: dict[str, list[Ran]] = {label: [] for label, _ in bases}
+    for round_ in range(rounds):
+        for label, base in bases:
+            print(f"round {round_ + 1}: indexing m0 (3 M games) into {label} ...", flush=True)
+            at = runs / "measure"
+            if base is None:
+                shutil.rmtree(at, ignore_errors=True)
+            else:
+                copy_ledger(base, at)
+            ran_at[label].append(ringd_scan(at, [m0]))
+            if base is None:
+                size = (at / "var" / "ledger.sqlite").stat().st_size
+                res["empty_bytes_per_game"] = size / ran_at[label][-1].games
+            shutil.rmtree(at, ignore_errors=True)
+    res["runs"] = {label: [vars(r) for r in rs] for label, rs in ran_at.items()}
+    medians = {
+        label: Ran(
+            statistics.median(r.wall for r in rs),
+            statistics.median(r.cpu for r in rs),
+            rs[0].games,
+            rs[0].new,
+        )
+        for label, rs in ran_at.items()
+    }
+    res["medians"] = {label: vars(r) for label, r in medians.items()}
     out(results, dir_)
+    base_run = medians["empty"]
     print(
-        f"\ningest of 3,000,000 small games (m0) with `ringd scan --json`; {machine()}\n"
+        f"\ningest of 3,000,000 small games (m0) with `ringd scan --json`, median of "
+        f"{rounds} alternating rounds; {machine()}\n"
         + table(
             [
                 "into a ledger of",
@@ -205,6 +227,7 @@ def part_ledger(dir_: Path, fill_to: int, results: dict[str, Any]) -> None:
                 "CPU s",
                 "games/CPU-s",
                 "vs empty (wall, CPU)",
+                "wall s, each round",
             ],
             [
                 [
@@ -213,9 +236,10 @@ def part_ledger(dir_: Path, fill_to: int, results: dict[str, Any]) -> None:
                     f"{r.rate:,.0f}",
                     f"{r.cpu:.1f}",
                     f"{r.cpu_rate:,.0f}",
-                    f"{r.rate / base.rate:.2f}x, {r.cpu_rate / base.cpu_rate:.2f}x",
+                    f"{r.rate / base_run.rate:.2f}x, {r.cpu_rate / base_run.cpu_rate:.2f}x",
+                    ", ".join(f"{x.wall:.1f}" for x in ran_at[label]),
                 ]
-                for label, r, _ in rows
+                for label, r in medians.items()
             ],
         )
     )
@@ -229,16 +253,6 @@ def part_ledger(dir_: Path, fill_to: int, results: dict[str, Any]) -> None:
             f"  {f['batch']} into {f['before']:>12,}: {f['new'] / f['wall']:>8,.0f} games/s wall, "
             f"{f['new'] / f['cpu']:>8,.0f} per CPU-s"
         )
-
-
-def measure_at(fill: Path, at: Path, m0: Path, rows: list[Any], label: str) -> dict[str, Any]:
-    print(f"indexing m0 into a copy of the {label} ledger ...", flush=True)
-    copy_ledger(fill, at)
-    games = _games(at)
-    ran = ringd_scan(at, [m0])
-    rows.append((label, ran, None))
-    shutil.rmtree(at, ignore_errors=True)
-    return {"base_games": games, **vars(ran)}
 
 
 def part_restart(dir_: Path, results: dict[str, Any], runs_n: int = 3) -> None:
@@ -307,6 +321,62 @@ def part_restart(dir_: Path, results: dict[str, Any], runs_n: int = 3) -> None:
             ],
         )
     )
+
+
+def part_upgrade(dir_: Path, results: dict[str, Any]) -> None:
+    """The first start of this version on a schema 6 ledger of the fill's games: the
+    migration to schema 7 (the games table reordered, the key index rebuilt, VACUUM),
+    then the first commit (every epoch's key filter made from the index)."""
+    fill = dir_ / "runs" / "fill"
+    work = dir_ / "runs" / "upgrade"
+    copy_ledger(fill, work)
+    db = work / "var" / "ledger.sqlite"
+    print("turning a copy of the fill ledger back into schema 6 ...", flush=True)
+    con = sqlite3.connect(db, isolation_level=None)
+    con.executescript(SCHEMA_6)
+    con.close()
+    t0 = time.perf_counter()
+    with Ledger(db, writer=True) as ledger:
+        opened = time.perf_counter() - t0
+        file_id = ledger.track_file("/upgrade/new.jsonl", 1, 1)
+        t1 = time.perf_counter()
+        ledger.commit(
+            file_id, Cursor(1, 1, 100, b"", 100, 0), [GameRow("hex8_2p", b"u" * 16, 0, 99, None)]
+        )
+        first = time.perf_counter() - t1
+        games = ledger.game_count()
+    res = {"games": games, "migrate_s": opened, "first_commit_s": first}
+    results["upgrade"] = res
+    out(results, dir_)
+    shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"\nupgrade of a {games:,}-game schema 6 ledger; {machine()}\n"
+        + table(
+            ["what", "s"],
+            [
+                ["open: migration to schema 7 and VACUUM", f"{opened:.1f}"],
+                ["first commit: every epoch's key filter from the index", f"{first:.1f}"],
+            ],
+        )
+    )
+
+
+# A schema 6 games table (ringd before this version), rebuilt from a schema 7 one.
+SCHEMA_6 = """
+CREATE TABLE games6 (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key BLOB NOT NULL, config_id INTEGER NOT NULL,
+    file_id INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL
+);
+INSERT INTO games6 SELECT seq, key, config_id, file_id, offset, length FROM games ORDER BY seq;
+DROP TABLE games;
+ALTER TABLE games6 RENAME TO games;
+CREATE UNIQUE INDEX games_by_key ON games(key);
+CREATE INDEX games_by_config ON games(config_id, seq);
+DROP TABLE key_filters;
+DELETE FROM meta WHERE name IN ('games_seq', 'key_rewrites', 'key_filter_format');
+PRAGMA user_version = 6;
+VACUUM;
+"""
 
 
 def _indexed(fill: Path, root: Path) -> bool:
@@ -450,9 +520,7 @@ def part_jobstart(
         prev_folder.mkdir(parents=True)
         db.create_job(prev_job, config, 1, prev_last, 0, False)
         db.finish_job(prev_job, "succeeded")
-        t0 = time.perf_counter()
         built_prev = build_window(db, config, prev_last, window, 0.0, prev_folder / SPANS_FILE)
-        full_s = time.perf_counter() - t0
         if not marker.exists() or json.loads(marker.read_text()) != want:
             print(
                 f"encoding the previous window ({built_prev.spans.count:,} games) into the "
@@ -483,10 +551,26 @@ def part_jobstart(
         t0 = time.perf_counter()
         old_bytes = old_plan(db, config, window, prev_last + 1, last, work / "old")
         old_s = time.perf_counter() - t0
-        # Daemon: the spans file, first job (from the ledger) and next job (extended).
-        t0 = time.perf_counter()
-        planned = _plan(db, config, training(window), False, None, state, "cpu", {})
-        plan_s = time.perf_counter() - t0
+        # Daemon: the whole plan of a job (`_plan`: counts, held-out games, the spans
+        # file, the spec), as a config's first job (no earlier spans file to extend: the
+        # window read from the ledger) and as its next job (the previous file extended).
+        # Alternating, medians.
+        plans: dict[str, list[float]] = {"first": [], "next": []}
+        aside = prev_folder / "aside.spans"
+        for _ in range(repeats):
+            for kind in ("first", "next"):
+                if kind == "first":
+                    (prev_folder / SPANS_FILE).rename(aside)
+                    for stale in (state / "jobs").glob(f"*/{SPANS_FILE}"):
+                        stale.unlink()
+                t0 = time.perf_counter()
+                planned = _plan(db, config, training(window), False, None, state, "cpu", {})
+                plans[kind].append(time.perf_counter() - t0)
+                if kind == "first":
+                    aside.rename(prev_folder / SPANS_FILE)
+                    assert planned is not None
+                    Path(planned[1].spans.path).unlink()  # type: ignore[union-attr]
+        full_s, plan_s = statistics.median(plans["first"]), statistics.median(plans["next"])
         assert planned is not None
         spec = planned[1]
         assert spec.spans is not None and spec.spans.count <= window
@@ -570,6 +654,7 @@ def part_jobstart(
         "trainer_new_games_only_first_step_s": new_only_step,
         "encode_new_games_only_s": encode_s,
         "runs": timings,
+        "plan_runs": plans,
         "encode_runs": encodes,
     }
     results["jobstart"] = res
@@ -593,7 +678,7 @@ def part_jobstart(
                     f"{json_new_trainer:.1f}",
                 ],
                 [
-                    "spans file, first job (window read from the ledger)",
+                    "spans file, first job (the window read from the ledger)",
                     f"{full_s:.2f}",
                     f"{spans_bytes:,} (file)",
                     "",
@@ -698,7 +783,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dir", type=Path, default=REPO / "bench" / "out" / "scale")
-    parser.add_argument("--parts", default="ledger,restart,jobstart,cache")
+    parser.add_argument("--parts", default="ledger,restart,upgrade,jobstart,cache")
     parser.add_argument("--fill", type=int, default=20_000_000)
     parser.add_argument("--window", type=int, default=500_000)
     parser.add_argument("--new-games", type=int, default=20_000)
@@ -726,6 +811,8 @@ def main() -> None:
         part_ledger(args.dir, args.fill, results)
     if "restart" in parts:
         part_restart(args.dir, results)
+    if "upgrade" in parts:
+        part_upgrade(args.dir, results)
     if "jobstart" in parts:
         part_jobstart(args.dir, results, args.window, args.new_games, args.old_tree)
     if "cache" in parts:

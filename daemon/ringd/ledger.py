@@ -953,15 +953,15 @@ class Ledger:
 
     def span_rows(
         self, config: str, after_seq: int, last_seq: int
-    ) -> list[tuple[int, bytes, int, int, int]]:
-        """(seq, key, file id, offset, length) of a config's games with `after_seq` <
-        seq <= `last_seq`, oldest first."""
+    ) -> Iterator[tuple[int, bytes, int, int, int]]:
+        """(seq, key, offset, length, file id) of a config's games with `after_seq` <
+        seq <= `last_seq`, oldest first: one range of the table, read as it is iterated."""
         return self._db.execute(
-            "SELECT seq, key, file_id, offset, length FROM games "
+            "SELECT seq, key, offset, length, file_id FROM games "
             "WHERE config_id = (SELECT id FROM configs WHERE name = ?) AND seq > ? AND seq <= ? "
             "ORDER BY seq",
             (config, after_seq, last_seq),
-        ).fetchall()
+        )
 
     def paths(self, file_ids: Iterable[int]) -> dict[int, str]:
         """The path of each file id."""

@@ -26,8 +26,9 @@ Paths that are not UTF-8 travel as ``os.fsdecode`` strings (lone surrogates, esc
 by JSON). ``meta`` is the writer's own (the daemon keeps what it needs to extend the
 file for the next job); readers ignore it. The spec's ``sha256`` is of the whole file.
 
-The writer side is plain Python (the daemon does not import numpy); the reader side
-(:class:`WindowSpans`) is numpy, for the trainer.
+The writer takes whole records as bytes (the daemon packs them with numpy:
+:mod:`ringd.windows`); the reader side (:class:`WindowSpans`) is numpy, for the
+trainer, and :func:`iter_spans` plain Python, for tools and custom trainers.
 """
 
 from __future__ import annotations
@@ -69,11 +70,6 @@ class SpansHeader:
     count: int
     files: list[tuple[int, str]]  # (ledger file id, path), indexed by a record's `file`
     meta: dict[str, Any]
-
-
-def pack(seq: int, key: bytes, offset: int, length: int, file: int) -> bytes:
-    """One record."""
-    return RECORD.pack(seq, key, offset, length, file)
 
 
 def write_spans(
