@@ -317,8 +317,14 @@ def test_an_interrupted_job_is_resumed_first_when_new_games_arrived_meanwhile(
     assert (folder / "resume.marker").exists()  # the fake trainer's resume.pt
     write_games(daemon, "square8", 2, 100, 3, name="b")
     daemon.start()
+    # The watermark moves in the job's last ledger transaction; the stage then clears
+    # the running job, a moment later.
     status = daemon.wait_until(
-        lambda s: config(s, "square8_2p")["trained_through"] == 12, timeout=40
+        lambda s: (
+            config(s, "square8_2p")["trained_through"] == 12
+            and config(s, "square8_2p")["state"] != "training"
+        ),
+        timeout=40,
     )
     row = config(status, "square8_2p")
     assert row["new_games"] == 3 and row["total_games"] == 15 and row["state"] == "idle"

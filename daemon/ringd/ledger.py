@@ -415,6 +415,10 @@ class Ledger:
         with the page cache and checkpoint interval of WRITER_CACHE_MB; the others
         (job and model bookkeeping, status) keep SQLite's defaults.
         """
+        if writer:
+            # It will count games: numpy (the key filters) is imported before the file is
+            # touched, not between its first write and its first commit.
+            import ringd.keyfilter  # noqa: F401
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(
@@ -429,9 +433,6 @@ class Ledger:
             if writer:
                 self._db.execute(f"PRAGMA cache_size = {-1024 * WRITER_CACHE_MB}")
                 self._db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
-                # It will count games: numpy (the key filters) is imported now rather
-                # than inside its first write transaction, which it would hold longer.
-                import ringd.keyfilter  # noqa: F401
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{path}: {e}") from e
