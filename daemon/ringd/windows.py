@@ -137,12 +137,6 @@ def build_window(
     )
 
 
-# A ledger row of a window, as Ledger.span_rows gives it.
-_ROW = np.dtype(
-    [("seq", "<i8"), ("key", "V16"), ("offset", "<u8"), ("length", "<u4"), ("file_id", "<i8")]
-)
-
-
 def _records(
     db: Ledger,
     config: str,
@@ -155,24 +149,21 @@ def _records(
     ones left out; `files` gains the files they name that it lacks.
 
     A whole window is read here for a config's first job: 500,000 rows. The rows go from
-    SQLite into one numpy array and are filtered and packed there, as one-game-at-a-time
-    Python took longer than reading them.
+    SQLite straight into the records' array (`file` holding the ledger's file id until it
+    is replaced by the file's place in `files`), as one-game-at-a-time Python took longer
+    than reading them.
     """
-    rows = np.fromiter(db.span_rows(config, after, last_seq), _ROW)
-    rows = rows[buckets_of(rows["key"]) >= buckets]
+    records = np.fromiter(db.span_rows(config, after, last_seq), record_dtype())
+    records = records[buckets_of(records["key"]) >= buckets]
     index = {file_id: i for i, (file_id, _) in enumerate(files)}
-    named = np.unique(rows["file_id"])
-    unknown = set(named.tolist()) - index.keys()
-    for file_id, path in sorted(db.paths(unknown).items()):
+    named = set(np.unique(records["file"]).tolist())
+    for file_id, path in sorted(db.paths(named - index.keys()).items()):
         index[file_id] = len(files)
         files.append((file_id, path))
-    if len(named) and not set(named.tolist()) <= index.keys():
+    if not named <= index.keys():
         raise LookupError(f"{config}: games name files the ledger does not list")
     ids = np.fromiter(index, np.int64, len(index))
     order = np.argsort(ids)
-    positions = np.fromiter(index.values(), np.uint32, len(index))[order]
-    out = np.empty(len(rows), record_dtype())
-    for field in ("seq", "key", "offset", "length"):
-        out[field] = rows[field]
-    out["file"] = positions[np.searchsorted(ids[order], rows["file_id"])]
-    return out.tobytes()
+    places = np.fromiter(index.values(), np.uint32, len(index))[order]
+    records["file"] = places[np.searchsorted(ids[order], records["file"])]
+    return records.tobytes()
