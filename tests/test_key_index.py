@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from ringd.keyfilter import EpochFilters
 from ringd.ledger import EPOCH_BITS, Cursor, GameRow, Ledger
 from ringd.records import line_key
+from ringd.train.spans import iter_spans
+from ringd.windows import build_window
 
 
 def key(n: int) -> bytes:
@@ -93,6 +95,28 @@ def test_a_commit_across_an_epoch_boundary_stores_the_full_epochs_filter(tmp_pat
         assert [s >> EPOCH_BITS for s in seqs] == [0] * 3 + [1] * 7
         assert seqs == list(range(seqs[0], seqs[0] + 10))
     assert stored_epochs(db) == [0]
+
+
+def test_a_window_spread_over_epochs_lists_each_of_its_games_once_oldest_first(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ledger.sqlite"
+    with Ledger(db) as ledger:
+        commit(ledger, "/sp/a.jsonl", [1, 2, 3])
+        commit(ledger, "/sp/other.jsonl", [50, 51], config="hex8_2p")
+    skip_to_epoch(db, 3)  # epochs 1 and 2 hold none of them
+    with Ledger(db) as ledger:
+        commit(ledger, "/sp/b.jsonl", [4, 5, 6])
+        commit(ledger, "/sp/other.jsonl", [52], config="hex8_2p")
+        commit(ledger, "/sp/b.jsonl", [4, 5, 6, 7])
+        last = ledger.max_seq("square8_2p")
+        for size in (7, 5):
+            built = build_window(ledger, "square8_2p", last, size, 0.0, tmp_path / "w.spans")
+            listed = [(s.seq, s.key, s.path, s.offset) for s in iter_spans(built.spans.path)]
+            assert listed == [
+                (s.seq, s.key, s.path, s.offset) for s in ledger.window("square8_2p", last, size)
+            ]
+        assert [k for _, k, _, _ in listed] == [key(n) for n in (3, 4, 5, 6, 7)]
 
 
 def test_after_a_restart_stored_missing_and_foreign_filters_all_still_find_every_game(

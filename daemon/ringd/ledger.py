@@ -249,6 +249,24 @@ class LedgerError(Exception):
     """The ledger cannot be opened or used (newer schema, corrupt file, ...)."""
 
 
+# Games a span_columns query aggregates at most: 16 MiB of keys, under SQLite's
+# string limit whatever the window's size.
+SPAN_STRETCH = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class SpanColumns:
+    """Games a column at a time: the keys' 16 bytes run together, the numbers as
+    comma-separated decimals, all in the same order."""
+
+    count: int
+    seqs: str
+    keys: bytes
+    offsets: str
+    lengths: str
+    file_ids: str
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
     """Where reading of a file stands: its identity, read offset and last seen stat."""
@@ -952,17 +970,32 @@ class Ledger:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def span_rows(
-        self, config: str, after_seq: int, last_seq: int
-    ) -> Iterator[tuple[int, bytes, int, int, int]]:
-        """(seq, key, offset, length, file id) of a config's games with `after_seq` <
-        seq <= `last_seq`, oldest first: one range of the table, read as it is iterated."""
-        return self._db.execute(
-            "SELECT seq, key, offset, length, file_id FROM games "
-            "WHERE config_id = (SELECT id FROM configs WHERE name = ?) AND seq > ? AND seq <= ? "
-            "ORDER BY seq",
+    def span_columns(self, config: str, after_seq: int, last_seq: int) -> Iterator[SpanColumns]:
+        """A config's games with `after_seq` < seq <= `last_seq`, a column at a time, in
+        stretches of SPAN_STRETCH sequence numbers, oldest first.
+
+        Aggregated in SQLite because Python's sqlite3 spends about a microsecond making
+        each row's tuple: most of the time a 500,000-game window took to read row by row.
+        group_concat takes the rows in table order (by seq) here, but SQLite does not
+        promise it: callers sort by seq where it matters.
+        """
+        row = self._db.execute(
+            "SELECT config_id, MIN(seq) FROM games "
+            "WHERE config_id = (SELECT id FROM configs WHERE name = ?) AND seq > ? AND seq <= ?",
             (config, after_seq, last_seq),
-        )
+        ).fetchone()
+        if row[1] is None:
+            return
+        config_id, low = int(row[0]), int(row[1]) - 1
+        for lo in range(low, last_seq, SPAN_STRETCH):
+            n, seqs, keys, offsets, lengths, file_ids = self._db.execute(
+                "SELECT COUNT(*), group_concat(seq), CAST(group_concat(key, '') AS BLOB), "
+                "group_concat(offset), group_concat(length), group_concat(file_id) FROM games "
+                "WHERE config_id = ? AND seq > ? AND seq <= ?",
+                (config_id, lo, min(lo + SPAN_STRETCH, last_seq)),
+            ).fetchone()
+            if n:
+                yield SpanColumns(n, seqs, keys, offsets, lengths, file_ids)
 
     def paths(self, file_ids: Iterable[int]) -> dict[int, str]:
         """The path of each file id."""

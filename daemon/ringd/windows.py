@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringd.ledger import Ledger
+from ringd.ledger import Ledger, SpanColumns
 from ringd.train.holdout import buckets_of, held_out_buckets
 from ringd.train.spans import (
     SpansError,
@@ -148,12 +148,15 @@ def _records(
     """The spans records of a config's games with `after` < seq <= `last_seq`, held-out
     ones left out; `files` gains the files they name that it lacks.
 
-    A whole window is read here for a config's first job: 500,000 rows. The rows go from
-    SQLite straight into the records' array (`file` holding the ledger's file id until it
-    is replaced by the file's place in `files`), as one-game-at-a-time Python took longer
-    than reading them.
+    A whole window is read here for a config's first job: 500,000 games. They come
+    from SQLite a column at a time (`Ledger.span_columns`) and go into the records'
+    array, `file` holding the ledger's file id until it is replaced by the file's place
+    in `files`.
     """
-    records = np.fromiter(db.span_rows(config, after, last_seq), record_dtype())
+    parts = [_parse(c) for c in db.span_columns(config, after, last_seq)]
+    records = np.concatenate(parts) if parts else np.empty(0, record_dtype())
+    if np.any(records["seq"][1:] <= records["seq"][:-1]):
+        records = records[np.argsort(records["seq"], kind="stable")]
     records = records[buckets_of(records["key"]) >= buckets]
     index = {file_id: i for i, (file_id, _) in enumerate(files)}
     named = set(np.unique(records["file"]).tolist())
@@ -167,3 +170,20 @@ def _records(
     places = np.fromiter(index.values(), np.uint32, len(index))[order]
     records["file"] = places[np.searchsorted(ids[order], records["file"])]
     return records.tobytes()
+
+
+def _parse(columns: SpanColumns) -> np.ndarray:
+    """The records of a stretch of games (`file`: the ledger's file ids)."""
+    out = np.empty(columns.count, record_dtype())
+    out["key"] = np.frombuffer(columns.keys, "V16", columns.count)
+    for field, text in (
+        ("seq", columns.seqs),
+        ("offset", columns.offsets),
+        ("length", columns.lengths),
+        ("file", columns.file_ids),
+    ):
+        values = np.fromstring(text, out.dtype[field], sep=",")
+        if len(values) != columns.count:
+            raise LookupError(f"the ledger gave {len(values)} {field}s for {columns.count} games")
+        out[field] = values
+    return out
