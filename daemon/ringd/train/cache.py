@@ -199,6 +199,10 @@ class SampleCache:
         """Bytes of this cache's files on disk."""
         return tree_bytes(self.folder)
 
+    def shard_files(self, shard: int) -> list[Path]:
+        """The files of a shard's sample arrays (what a window reads)."""
+        return [self.folder / _shard_name(shard, part) for part in PARTS if part != "games"]
+
     def open_shard(self, shard: int) -> ShardArrays:
         def load(part: str) -> Any:
             return np.load(self.folder / _shard_name(shard, part), mmap_mode="r")

@@ -9,6 +9,7 @@ job draw exactly the batches the interrupted one would have.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -20,6 +21,21 @@ from ringd.train.cache import CacheEntry, ShardArrays
 from ringd.train.encode import Geometry
 
 IntArray = npt.NDArray[np.int64]
+# Without an explicit budget, the window may take this share of what is free: the
+# rest is for activations, the CUDA graph's pool, and (on the host) everything else.
+DEFAULT_BUDGET_FRACTION = 0.5
+
+
+def host_available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (what can be used without swapping), else total RAM."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def batch_indices(seed: int, step: int, size: int, batch: int) -> IntArray:

@@ -75,6 +75,8 @@ def run_job(
 def _import_trainer() -> None:
     with contextlib.suppress(Exception):  # the main thread's import reports it
         import ringd.train.loop  # noqa: F401  # torch
+        # A torch optimizer's first constructor imports this (a second more).
+        import torch._dynamo  # noqa: F401
 
 
 def read_spec(path: Path) -> JobSpec:

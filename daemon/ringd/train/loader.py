@@ -18,7 +18,6 @@ per-sample Python anywhere on these paths.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -29,14 +28,18 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from ringd.train.data import HostBatch, IntArray, Window, shard_indices
+from ringd.train.data import (
+    DEFAULT_BUDGET_FRACTION,
+    HostBatch,
+    IntArray,
+    Window,
+    host_available_bytes,
+    shard_indices,
+)
 from ringd.train.encode import Geometry
 
 Tier = Literal["resident", "pinned", "mmap"]
 GB = 1e9
-# Without an explicit budget, the window may take this share of what is free: the
-# rest is for activations, the CUDA graph's pool, and (on the host) everything else.
-DEFAULT_BUDGET_FRACTION = 0.5
 STAGING_ROWS = 1 << 16  # rows per host->device copy while loading the resident window
 INDEX_RING = 8  # pinned index buffers in flight (resident tier on CUDA)
 MMAP_THREADS = 8
@@ -115,18 +118,6 @@ def cuda_stream(device: torch.device) -> torch.cuda.Stream:
 class TierChoice:
     tier: Tier
     why: str
-
-
-def host_available_bytes() -> int:
-    """MemAvailable from /proc/meminfo (what can be used without swapping), else total RAM."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _size(n: float) -> str:

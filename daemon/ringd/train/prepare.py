@@ -8,10 +8,12 @@ a game missing), encoded on every core (a process pool), and appended as new sha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
+import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -24,7 +26,7 @@ import numpy as np
 
 from ringd.records import DEFAULT_RULES, Rules
 from ringd.train.cache import Pin, SampleCache
-from ringd.train.data import HostBatch, Window
+from ringd.train.data import DEFAULT_BUDGET_FRACTION, HostBatch, Window, host_available_bytes
 from ringd.train.encode import EncodeError, Encoder, Geometry, Samples, load_encoder
 from ringd.train.games import Missing, read_games
 from ringd.train.holdout import held_out_buckets
@@ -38,6 +40,7 @@ READ_BATCH = 512  # games read from disk at a time (bounds the memory of raw lin
 CHUNK_GAMES = 32  # games per encoding task
 CHUNK_BYTES = 4 << 20  # ... or fewer if their lines are this large
 POOL_MIN_GAMES = 64  # fewer new games than this are encoded in-process (no pool start-up)
+WARM_CHUNK = 8 << 20  # bytes a read of the cache's warming thread
 LOGGED_REJECTS = 20  # rejected games named one by one in the log (all are counted)
 
 
@@ -169,6 +172,7 @@ def prepare_window(
             rejected.append((i, "rejected by the encoder when first seen (see that job's log)"))
         if len(todo):
             log.info("encoding %d new games (%d already cached)", len(todo), cached)
+            _warm(cache_, np.unique(shard[have & (count > 0)]).tolist())
             n_workers = workers if workers is not None else worker_count()
             use_pool = n_workers > 1 and len(todo) >= POOL_MIN_GAMES
             writer = cache_.writer()
@@ -244,6 +248,37 @@ def prepare_window(
         spans=spans,
         pin=held,
     )
+
+
+def _warm(cache_: SampleCache, shards: list[int]) -> None:
+    """Read the cached part of the window once, in the background, while the new games
+    are encoded: the loader then copies it from the page cache.
+
+    Only what fits the host's default loader budget: a window larger than that stays in
+    its memory-mapped shards (the mmap tier) and reading it all ahead would only evict
+    other pages. The reads are sequential: the loader's copy through the mapping,
+    from a cold cache, took 4 s for 0.9 GB where reading the files took 1 s.
+    """
+    files = [f for s in shards for f in cache_.shard_files(s)]
+    sizes = [_size_of(f) for f in files]
+    if not files or sum(sizes) > host_available_bytes() * DEFAULT_BUDGET_FRACTION:
+        return
+
+    def read() -> None:
+        buffer = bytearray(WARM_CHUNK)
+        for f in files:
+            with contextlib.suppress(OSError), open(f, "rb", buffering=0) as file:
+                while file.readinto(buffer):
+                    pass
+
+    threading.Thread(target=read, name="warm-cache", daemon=True).start()
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _located(spans: WindowSpans, rejected: list[tuple[int, str]]) -> list[tuple[int, str]]:
