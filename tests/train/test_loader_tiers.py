@@ -147,14 +147,11 @@ def test_choose_tier() -> None:
         "auto", cuda=True, window_bytes=int(12 * gb), gpu_budget=3 * gb, host_budget=9 * gb
     )
     assert pick.tier == "mmap"
-    pick = choose_tier(
-        "auto", cuda=False, window_bytes=int(5 * gb), gpu_budget=None, host_budget=9 * gb
-    )
-    assert pick.tier == "resident" and "CPU" in pick.why
-    pick = choose_tier(
-        "auto", cuda=False, window_bytes=int(12 * gb), gpu_budget=None, host_budget=9 * gb
-    )
-    assert pick.tier == "mmap"
+    for window in (5, 12):  # on the CPU the shards are read in place, fitting RAM or not
+        pick = choose_tier(
+            "auto", cuda=False, window_bytes=int(window * gb), gpu_budget=None, host_budget=9 * gb
+        )
+        assert pick.tier == "mmap" and "CPU" in pick.why
     pick = choose_tier("pinned", cuda=False, window_bytes=1, gpu_budget=None, host_budget=0)
     assert pick.tier == "pinned" and "hyper.loader" in pick.why
 

@@ -64,7 +64,7 @@ def test_training_lowers_the_loss_on_held_out_games(
     assert code == ExitCode.OK, run.all()
     start, done = run.one("start"), run.one("done")
     assert start["steps"] == done["steps"] == 150
-    assert start["loader"]["tier"] == "resident" and start["device"] == "cpu"
+    assert start["loader"]["tier"] == "mmap" and start["device"] == "cpu"
     assert start["cuda_graph"] == {
         "enabled": False,
         "why": "device is cpu: CUDA graphs need a CUDA device",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -73,10 +74,10 @@ def run_job(
 
 
 def _import_trainer() -> None:
-    with contextlib.suppress(Exception):  # the main thread's import reports it
-        import ringd.train.loop  # noqa: F401  # torch
-        # A torch optimizer's first constructor imports this (a second more).
-        import torch._dynamo  # noqa: F401
+    # torch, then what a torch optimizer's first constructor imports (a second more).
+    for module in ("ringd.train.loop", "torch._dynamo"):
+        with contextlib.suppress(Exception):  # the main thread's import reports it
+            importlib.import_module(module)
 
 
 def read_spec(path: Path) -> JobSpec:
