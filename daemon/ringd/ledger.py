@@ -8,10 +8,11 @@ without the games it covers, and a game is never counted twice.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -249,6 +250,16 @@ class LedgerError(Exception):
     """The ledger cannot be opened or used (newer schema, corrupt file, ...)."""
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, where the C library has it."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
 # Games a span_columns query aggregates at most: 16 MiB of keys, under SQLite's
 # string limit whatever the window's size.
 SPAN_STRETCH = 1 << 20
@@ -473,6 +484,10 @@ class Ledger:
     def release_memory(self) -> None:
         """Give back the page cache a large scan filled (it refills as needed)."""
         self._db.execute("PRAGMA shrink_memory")
+        # SQLite frees the pages to malloc, and glibc keeps freed memory in the
+        # thread's arena: after a million-game scan, 85 MB that an idle daemon held on.
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
 
     def __enter__(self) -> Ledger:
         return self
