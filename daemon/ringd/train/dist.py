@@ -19,7 +19,8 @@ import contextlib
 import datetime
 import logging
 import os
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -52,6 +53,12 @@ class Dist:
     local_world: int
     backend: str
     _flags: dist.ProcessGroup | None  # gloo group for host-side flags (None: the default)
+    # The tensors of the last collectives, kept until the group is gone. A gloo worker
+    # thread frees its finished work after the caller has its result; were it the last
+    # owner of a Python tensor it would need the GIL, which the main thread holds while
+    # it destroys the group and waits for that very thread: a hang at exit.
+    # (These few live as long as this object.)
+    _recent: deque[torch.Tensor] = field(default_factory=lambda: deque(maxlen=64))
 
     @property
     def main(self) -> bool:
@@ -60,13 +67,13 @@ class Dist:
 
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any (a CPU all-reduce)."""
-        t = torch.tensor([int(flag)], dtype=torch.int32)
+        t = self._held(torch.tensor([int(flag)], dtype=torch.int32))
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._flags)
         return bool(t.item())
 
     def agree(self, *values: int) -> bool:
         """Whether every rank passed the same ``values``."""
-        t = torch.tensor([*values, *(-v for v in values)], dtype=torch.int64)
+        t = self._held(torch.tensor([*values, *(-v for v in values)], dtype=torch.int64))
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._flags)
         n = len(values)
         return all(int(t[i]) == v and -int(t[n + i]) == v for i, v in enumerate(values))
@@ -77,12 +84,17 @@ class Dist:
 
     def mean_(self, tensor: torch.Tensor) -> None:
         """Average ``tensor`` over the ranks, in place (on the tensor's own device)."""
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(self._held(tensor), op=dist.ReduceOp.SUM)
         tensor.div_(self.world)
 
     def close(self) -> None:
+        """Leave the group; call it after the DDP model is freed (its reducer holds the group)."""
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+
+    def _held(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._recent.append(tensor)
+        return tensor
 
 
 def init(device: torch.device, timeout_s: float) -> Dist:

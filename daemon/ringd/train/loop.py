@@ -110,6 +110,7 @@ def train(
     joins the process group first (see :mod:`ringd.train.dist`).
     """
     ranks: Dist | None = None
+    trainer: Trainer | None = None
     try:
         out = Path(spec.output_dir)
         out.mkdir(parents=True, exist_ok=True)  # checkpoints and TensorBoard files
@@ -156,6 +157,7 @@ def train(
         ) from e
     finally:
         if ranks is not None:
+            trainer = None  # its DDP model goes before the group it holds (see Dist.close)
             ranks.close()
 
 
