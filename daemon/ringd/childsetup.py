@@ -27,6 +27,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncio is not imported at run time: this runs before every child
+    import asyncio
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h, the same on every architecture
 EXIT_PARENT_GONE = 75
@@ -49,6 +53,25 @@ def wrap(
     if idle_io:
         out.append("--idle-io")
     return [*out, "--", *argv]
+
+
+async def reap(
+    process: asyncio.subprocess.Process, sig: int = signal.SIGKILL, *, group: bool = False
+) -> None:
+    """Signal a child the daemon stops waiting for (its group with `group`) and await its exit.
+
+    Awaiting the exit lets asyncio close the child's pipes while the event loop
+    still runs; a child only signalled outlives the loop's transport, which then
+    fails to close itself when it is collected.
+    """
+    try:
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    await process.wait()
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:

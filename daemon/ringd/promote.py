@@ -25,15 +25,14 @@ for the same file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ringd import childsetup
 from ringd.ledger import CheckpointRow
 from ringd.settings import ModelsSettings
 
@@ -165,20 +164,14 @@ async def run_gate(argv: Sequence[str], candidate: str, current: str, timeout_s:
         async with asyncio.timeout(timeout_s):
             await read()
     except TimeoutError:
-        _kill(process)
-        await process.wait()
+        await childsetup.reap(process, group=True)
         return Decision(False, f"the gate timed out after {timeout_s:g} s: {_tail(output)}")
     except asyncio.CancelledError:
-        _kill(process)
+        await childsetup.reap(process, group=True)
         raise
     if process.returncode == 0:
         return Decision(True, f"the gate passed (exit 0): {_tail(output)}")
     return Decision(False, f"the gate said no (exit {process.returncode}): {_tail(output)}")
-
-
-def _kill(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _tail(output: bytes | bytearray) -> str:

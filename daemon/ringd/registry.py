@@ -220,7 +220,11 @@ async def _validate_batch(batch: list[str]) -> list[dict[str, Any]]:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await process.communicate()
+        try:
+            out, err = await process.communicate()
+        except BaseException:  # the daemon stops, or stopped waiting
+            await childsetup.reap(process)
+            raise
         done = []
         for line in out.splitlines():
             with contextlib.suppress(ValueError):

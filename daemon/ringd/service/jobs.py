@@ -370,8 +370,7 @@ class JobRunner:
                 try:
                     out, err = await process.communicate()
                 except asyncio.CancelledError:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.terminate()
+                    await childsetup.reap(process, signal.SIGTERM)
                     raise
                 try:
                     report = json.loads(out.decode().strip().splitlines()[-1])

@@ -12,12 +12,13 @@ status says why and what to install.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shlex
 import shutil
 import sys
 from collections.abc import Sequence
+
+from ringd import childsetup
 
 # The job, and the training loop it imports once the samples are ready (torch, numpy).
 TRAINER_MODULE = "ringd.train.job, ringd.train.loop"
@@ -74,12 +75,10 @@ async def _imports(python: str, module: str) -> str | None:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
             _, err = await process.communicate()
     except TimeoutError:
-        process.kill()
-        await process.wait()
+        await childsetup.reap(process)
         return f"importing {module} took longer than {CHECK_TIMEOUT_S:g} s"
     except asyncio.CancelledError:  # a reload started another check, or the daemon stops
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+        await childsetup.reap(process)
         raise
     if process.returncode == 0:
         return None
